@@ -1,0 +1,84 @@
+"""Domain errors, split by what the worker should do about them.
+
+`permanent` errors (bad command, contract violation, unreadable source) fail a job at once: retrying
+cannot help. Everything else (a lost database connection, a lock timeout) is treated as transient
+and left to the retry policy. Every message names the field, file, line or column at fault.
+"""
+
+
+class DwError(Exception):
+    """Base class of every error the worker raises on purpose."""
+
+    permanent: bool = True
+
+
+class ConfigurationError(DwError):
+    """The worker's own configuration (environment, dataset contract files) is wrong."""
+
+
+class CommandError(DwError, ValueError):
+    """An ingestion command was refused; `field` names the offending field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class SourceError(DwError):
+    """The source file is missing, unreadable, outside the landing roots, or badly encoded."""
+
+
+class ContractViolation(DwError):
+    """The source file does not satisfy its dataset contract.
+
+    Attributes locate the problem: `source` (file name), `row` (1-based data row), `line` (1-based
+    line in the file, when the format has lines) and `column`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str,
+        row: int | None = None,
+        line: int | None = None,
+        column: str | None = None,
+    ):
+        where = [source]
+        if line is not None:
+            where.append(f"line {line}")
+        if row is not None:
+            where.append(f"row {row}")
+        if column is not None:
+            where.append(f"column '{column}'")
+        super().__init__(f"{', '.join(where)}: {message}")
+        self.source = source
+        self.row = row
+        self.line = line
+        self.column = column
+
+
+class JobNotFound(DwError):
+    def __init__(self, job_id: str):
+        super().__init__(f"job_id: no outbox job '{job_id}'")
+        self.job_id = job_id
+
+
+class InvalidTransition(DwError):
+    """A status change that the outbox state machine does not allow (e.g. a stale run)."""
+
+
+class SchemaNotReady(DwError):
+    """The outbox tables do not exist yet."""
+
+    def __init__(self, detail: str):
+        super().__init__(
+            f"the outbox tables are missing or outdated ({detail}); run `dw-pipelines db upgrade`"
+        )
+
+
+class TransientError(DwError):
+    """Worth retrying: the same operation may succeed later."""
+
+    permanent = False

@@ -1,0 +1,488 @@
+"""The transactional outbox and its audit trail: `DwIngestionJobQueue`.
+
+State machine of a row (every change also appends one audit row, in the same transaction)::
+
+    (enqueue) -> PENDING -(sensor claims)-> SENT -(run starts)-> PROCESSING -> COMPLETED
+                                                                          \\-> FAILED
+
+Guarantees:
+
+* `enqueue` inside the caller's transaction: the row exists iff the caller commits.
+* The same `idempotency_key` twice returns the first job and inserts nothing.
+* A claim takes due PENDING rows with `FOR UPDATE SKIP LOCKED` on Postgres, so concurrent sensor
+  evaluations never claim the same row; on SQLite the write lock serialises claims.
+* A run may (re)start any job that is not in flight elsewhere; only the run that holds the job
+  (`dagster_run_id`) may complete or fail it, so a stale run cannot overwrite a newer one.
+"""
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from dw_pipelines.core.commands import DwIngestionCommand
+from dw_pipelines.core.contracts import ContractRegistry
+from dw_pipelines.core.db import as_utc, audit, outbox, utcnow
+from dw_pipelines.core.errors import CommandError, InvalidTransition, JobNotFound, SchemaNotReady
+from dw_pipelines.core.landing import LandingZone
+
+# Audit events. Each names what happened; from/to status are on the audit row.
+ENQUEUED = "ENQUEUED"
+DISPATCHED = "DISPATCHED"
+REDISPATCHED = "REDISPATCHED"
+STARTED = "STARTED"
+STAGED = "STAGED"
+PROMOTED = "PROMOTED"
+COMPLETED = "COMPLETED"
+FAILED = "FAILED"
+
+MAX_ERROR_LENGTH = 4000
+
+
+@dataclass(frozen=True)
+class OutboxJob:
+    """A snapshot of one outbox row."""
+
+    job_id: str
+    idempotency_key: str
+    tenant_id: str
+    dataset: str
+    business_date: date
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    dagster_run_id: str | None
+    rows_loaded: int | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def command(self) -> DwIngestionCommand:
+        return DwIngestionCommand.model_validate(self.payload)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "OutboxJob":
+        return cls(
+            job_id=row["job_id"],
+            idempotency_key=row["idempotency_key"],
+            tenant_id=row["tenant_id"],
+            dataset=row["dataset"],
+            business_date=row["business_date"],
+            payload=dict(row["payload"]),
+            status=row["status"],
+            attempts=row["attempts"],
+            next_attempt_at=as_utc(row["next_attempt_at"]),
+            last_error=row["last_error"],
+            dagster_run_id=row["dagster_run_id"],
+            rows_loaded=row["rows_loaded"],
+            created_at=as_utc(row["created_at"]),
+            updated_at=as_utc(row["updated_at"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "idempotency_key": self.idempotency_key,
+            "tenant_id": self.tenant_id,
+            "dataset": self.dataset,
+            "business_date": self.business_date.isoformat(),
+            "status": self.status,
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at.isoformat(),
+            "last_error": self.last_error,
+            "dagster_run_id": self.dagster_run_id,
+            "rows_loaded": self.rows_loaded,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "payload": self.payload,
+        }
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    id: int
+    job_id: str
+    run_id: str | None
+    event: str
+    from_status: str | None
+    to_status: str | None
+    attempt: int
+    at: datetime
+    details: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "job_id": self.job_id,
+            "run_id": self.run_id,
+            "event": self.event,
+            "from_status": self.from_status,
+            "to_status": self.to_status,
+            "attempt": self.attempt,
+            "at": self.at.isoformat(),
+            "details": self.details,
+        }
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    job: OutboxJob
+    created: bool  # False: the idempotency key was already known; `job` is the first one
+
+
+class DwIngestionJobQueue:
+    """The outbox API used by gateways (enqueue), the sensor (claim) and runs (transitions).
+
+    Args:
+        engine: the outbox database.
+        contracts: known datasets; commands for other datasets are refused.
+        landing: where sources may live; None skips the source check (trusted callers only).
+        clock: returns the current UTC time; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        contracts: ContractRegistry,
+        landing: LandingZone | None,
+        clock: Callable[[], datetime] = utcnow,
+    ):
+        self.engine = engine
+        self.contracts = contracts
+        self.landing = landing
+        self.clock = clock
+        self._is_postgres = engine.dialect.name == "postgresql"
+
+    # ----------------------------------------------------------------------------- enqueue
+
+    def validate(self, command: DwIngestionCommand | Mapping[str, Any]) -> DwIngestionCommand:
+        """Parse and check a command against the contracts and landing roots."""
+        parsed = DwIngestionCommand.parse(command)
+        self.contracts.get(parsed.dataset)
+        if self.landing is not None:
+            self.landing.check_command_source(parsed.source_uri)
+        return parsed
+
+    def enqueue(
+        self,
+        command: DwIngestionCommand | Mapping[str, Any],
+        connection: Connection | None = None,
+    ) -> EnqueueResult:
+        """Insert a PENDING row for `command` (or return the job already holding its key).
+
+        Args:
+            command: the command, or a mapping with its fields.
+            connection: the caller's connection; the row is then part of the caller's
+                transaction and disappears if the caller rolls back. Without it, the row is
+                committed before this returns.
+
+        Raises:
+            CommandError: the command is refused; `.field` names the offending field.
+        """
+        parsed = self.validate(command)
+        with self._connection(connection) as conn:
+            return self._insert(conn, parsed)
+
+    def _insert(self, conn: Connection, command: DwIngestionCommand) -> EnqueueResult:
+        now = self.clock()
+        values = {
+            "job_id": command.job_id,
+            "idempotency_key": command.idempotency_key,
+            "tenant_id": command.tenant_id,
+            "dataset": command.dataset,
+            "business_date": command.business_date,
+            "payload": command.to_payload(),
+            "status": "PENDING",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        # ON CONFLICT DO NOTHING (not try/except IntegrityError) keeps the caller's transaction
+        # usable on Postgres, where a failed statement aborts the whole transaction.
+        insert = postgresql.insert if self._is_postgres else sqlite.insert
+        stmt = insert(outbox).values(**values).on_conflict_do_nothing()
+        inserted = conn.execute(stmt.returning(outbox.c.job_id)).first()
+        if inserted is not None:
+            self._audit(conn, command.job_id, None, ENQUEUED, None, "PENDING", 0, now, {
+                "dataset": command.dataset,
+                "tenant_id": command.tenant_id,
+                "source_uri": command.source_uri,
+                "requested_by": command.requested_by,
+            })
+            return EnqueueResult(self._get(conn, command.job_id), created=True)
+        existing = conn.execute(
+            sa.select(outbox).where(outbox.c.idempotency_key == command.idempotency_key)
+        ).mappings().first()
+        if existing is not None:
+            return EnqueueResult(OutboxJob.from_row(existing), created=False)
+        raise CommandError(
+            "job_id", f"'{command.job_id}' already exists with a different idempotency_key"
+        )
+
+    # ------------------------------------------------------------------------------ sensor
+
+    def claim_due(self, limit: int) -> list[OutboxJob]:
+        """Move up to `limit` due PENDING rows, oldest first, to SENT and return them."""
+        now = self.clock()
+        with self._connection(None) as conn:
+            candidates = (
+                sa.select(outbox.c.job_id)
+                .where(outbox.c.status == "PENDING", outbox.c.next_attempt_at <= now)
+                .order_by(outbox.c.next_attempt_at, outbox.c.created_at, outbox.c.job_id)
+                .limit(limit)
+            )
+            if self._is_postgres:
+                candidates = candidates.with_for_update(skip_locked=True)
+            job_ids = list(conn.execute(candidates).scalars())
+            if not job_ids:
+                return []
+            rows = conn.execute(
+                outbox.update()
+                .where(outbox.c.job_id.in_(job_ids), outbox.c.status == "PENDING")
+                .values(status="SENT", updated_at=now)
+                .returning(*outbox.c)
+            ).mappings().all()
+            jobs = sorted(
+                (OutboxJob.from_row(r) for r in rows),
+                key=lambda j: (j.next_attempt_at, j.created_at, j.job_id),
+            )
+            self._audit_many(conn, [
+                _audit_values(j.job_id, None, DISPATCHED, "PENDING", "SENT", j.attempts, now, None)
+                for j in jobs
+            ])
+            return jobs
+
+    def sent_before(self, cutoff: datetime, limit: int) -> list[OutboxJob]:
+        """SENT rows not touched since `cutoff`: candidates whose run may never have been created."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(outbox)
+                .where(outbox.c.status == "SENT", outbox.c.updated_at <= cutoff)
+                .order_by(outbox.c.updated_at, outbox.c.job_id)
+                .limit(limit)
+            ).mappings().all()
+        return [OutboxJob.from_row(r) for r in rows]
+
+    def note_redispatched(self, job_ids: Sequence[str]) -> None:
+        """Audit a re-request of SENT rows and restart their grace period."""
+        if not job_ids:
+            return
+        now = self.clock()
+        with self._connection(None) as conn:
+            rows = conn.execute(
+                outbox.update()
+                .where(outbox.c.job_id.in_(list(job_ids)), outbox.c.status == "SENT")
+                .values(updated_at=now)
+                .returning(outbox.c.job_id, outbox.c.attempts)
+            ).all()
+            self._audit_many(conn, [
+                _audit_values(job_id, None, REDISPATCHED, "SENT", "SENT", attempts, now, None)
+                for job_id, attempts in rows
+            ])
+
+    # -------------------------------------------------------------------------------- runs
+
+    def start(self, job_id: str, run_id: str) -> OutboxJob:
+        """The run `run_id` takes the job: PROCESSING, attempts + 1."""
+        return self._transition(
+            job_id,
+            run_id,
+            STARTED,
+            to_status="PROCESSING",
+            allowed_from=("PENDING", "SENT", "PROCESSING", "COMPLETED", "FAILED"),
+            attempt_increment=1,
+            changes={"dagster_run_id": run_id, "last_error": None, "rows_loaded": None},
+            require_run=False,
+        )
+
+    def record_step(self, job_id: str, run_id: str, event: str, details: dict[str, Any]) -> None:
+        """Audit a step inside PROCESSING (e.g. STAGED) without changing the status."""
+        self._transition(
+            job_id, run_id, event, to_status="PROCESSING", allowed_from=("PROCESSING",),
+            details=details,
+        )
+
+    def complete(self, job_id: str, run_id: str, rows_loaded: int, details: dict[str, Any]) -> OutboxJob:
+        return self._transition(
+            job_id,
+            run_id,
+            COMPLETED,
+            to_status="COMPLETED",
+            allowed_from=("PROCESSING",),
+            changes={"rows_loaded": rows_loaded, "last_error": None},
+            details=details,
+        )
+
+    def fail(
+        self,
+        job_id: str,
+        run_id: str | None,
+        error: str,
+        details: dict[str, Any] | None = None,
+        *,
+        require_run: bool = True,
+    ) -> OutboxJob:
+        """FAILED with `last_error`. The sensor fails rows it cannot dispatch with run_id=None."""
+        return self._transition(
+            job_id,
+            run_id,
+            FAILED,
+            to_status="FAILED",
+            allowed_from=("PENDING", "SENT", "PROCESSING"),
+            changes={"last_error": error[:MAX_ERROR_LENGTH]},
+            details={"error": error[:MAX_ERROR_LENGTH], **(details or {})},
+            require_run=require_run,
+        )
+
+    # ------------------------------------------------------------------------------ reads
+
+    def get(self, job_id: str) -> OutboxJob:
+        with self.engine.connect() as conn:
+            return self._get(conn, job_id)
+
+    def list_jobs(self, status: str | None = None, limit: int = 100) -> list[OutboxJob]:
+        stmt = sa.select(outbox).order_by(outbox.c.created_at.desc(), outbox.c.job_id).limit(limit)
+        if status:
+            stmt = stmt.where(outbox.c.status == status.upper())
+        with self._read() as conn:
+            return [OutboxJob.from_row(r) for r in conn.execute(stmt).mappings()]
+
+    def audit_trail(self, job_id: str) -> list[AuditEvent]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(audit).where(audit.c.job_id == job_id).order_by(audit.c.id)
+            ).mappings()
+            return [
+                AuditEvent(
+                    id=r["id"], job_id=r["job_id"], run_id=r["run_id"], event=r["event"],
+                    from_status=r["from_status"], to_status=r["to_status"],
+                    attempt=r["attempt"], at=as_utc(r["at"]), details=r["details"],
+                )
+                for r in rows
+            ]
+
+    def count_by_status(self) -> dict[str, int]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(outbox.c.status, sa.func.count()).group_by(outbox.c.status)
+            ).all()
+        return {status: count for status, count in rows}
+
+    # --------------------------------------------------------------------------- internals
+
+    def _transition(
+        self,
+        job_id: str,
+        run_id: str | None,
+        event: str,
+        *,
+        to_status: str,
+        allowed_from: Sequence[str],
+        attempt_increment: int = 0,
+        changes: Mapping[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
+        require_run: bool = True,
+    ) -> OutboxJob:
+        now = self.clock()
+        with self._connection(None) as conn:
+            select = sa.select(outbox).where(outbox.c.job_id == job_id)
+            if self._is_postgres:
+                select = select.with_for_update()
+            row = conn.execute(select).mappings().first()
+            if row is None:
+                raise JobNotFound(job_id)
+            current = OutboxJob.from_row(row)
+            if current.status not in allowed_from:
+                raise InvalidTransition(
+                    f"job {job_id}: cannot go from {current.status} to {to_status} ({event})"
+                )
+            if require_run and run_id is not None and current.dagster_run_id != run_id:
+                raise InvalidTransition(
+                    f"job {job_id}: run {run_id} no longer holds the job "
+                    f"(held by run {current.dagster_run_id})"
+                )
+            attempts = current.attempts + attempt_increment
+            conn.execute(
+                outbox.update()
+                .where(outbox.c.job_id == job_id)
+                .values(status=to_status, attempts=attempts, updated_at=now, **(changes or {}))
+            )
+            self._audit(
+                conn, job_id, run_id, event, current.status, to_status, attempts, now, details
+            )
+            return self._get(conn, job_id)
+
+    def _get(self, conn: Connection, job_id: str) -> OutboxJob:
+        row = conn.execute(sa.select(outbox).where(outbox.c.job_id == job_id)).mappings().first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return OutboxJob.from_row(row)
+
+    def _audit(self, conn: Connection, *args: Any) -> None:
+        self._audit_many(conn, [_audit_values(*args)])
+
+    @staticmethod
+    def _audit_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            conn.execute(audit.insert(), rows)
+
+    @contextmanager
+    def _connection(self, connection: Connection | None) -> Iterator[Connection]:
+        """Use the caller's connection as is, or run in our own committed transaction."""
+        try:
+            if connection is not None:
+                yield connection
+            else:
+                with self.engine.begin() as conn:
+                    yield conn
+        except sa.exc.OperationalError as exc:
+            _raise_if_schema_missing(exc)
+            raise
+        except sa.exc.ProgrammingError as exc:
+            _raise_if_schema_missing(exc)
+            raise
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._connection(None) as conn:
+            yield conn
+
+
+def _audit_values(
+    job_id: str,
+    run_id: str | None,
+    event: str,
+    from_status: str | None,
+    to_status: str | None,
+    attempt: int,
+    at: datetime,
+    details: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "run_id": run_id,
+        "event": event,
+        "from_status": from_status,
+        "to_status": to_status,
+        "attempt": attempt,
+        "at": at,
+        "details": details,
+    }
+
+
+def _raise_if_schema_missing(exc: sa.exc.DBAPIError) -> None:
+    text = str(exc.orig).lower()
+    if "no such table" in text or ("relation" in text and "does not exist" in text):
+        raise SchemaNotReady(str(exc.orig).splitlines()[0]) from exc
+
+
+def redispatch_cutoff(now: datetime, after_seconds: int) -> datetime:
+    return now - timedelta(seconds=after_seconds)

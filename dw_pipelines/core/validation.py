@@ -1,0 +1,101 @@
+"""Vectorised contract checks: cast each batch to the contract's Arrow schema, or say exactly why not.
+
+The happy path is one Arrow cast per column per batch, no Python per row. Only when a cast fails
+do we look for the first offending value, by bisecting the column (a logarithmic number of casts),
+so the error can name the row, line, column and value.
+"""
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dw_pipelines.core.contracts import ColumnSpec, DatasetContract
+from dw_pipelines.core.errors import ContractViolation
+from dw_pipelines.core.readers import SourceFile
+
+# An ISO-8601 timestamp string that already carries its offset.
+_HAS_OFFSET = r"(Z|z|[+-]\d{2}(:?\d{2})?)$"
+
+
+def conform_batch(
+    batch: pa.RecordBatch,
+    contract: DatasetContract,
+    source: SourceFile,
+    first_row: int,
+) -> pa.RecordBatch:
+    """Return `batch` cast to `contract.arrow_schema`.
+
+    Args:
+        batch: raw batch from a reader, columns named and ordered as the contract's.
+        contract: the dataset contract.
+        source: the file, for error messages.
+        first_row: 1-based data row number of the batch's first row.
+
+    Raises:
+        ContractViolation: a value does not fit its column type, or a non-nullable column is null.
+    """
+    arrays = []
+    for spec, array in zip(contract.columns, batch.columns, strict=True):
+        converted = _convert_column(array, spec, source, first_row)
+        if not spec.nullable and converted.null_count:
+            index = pc.index(pc.is_null(converted), True).as_py()
+            raise _violation(source, first_row + index, spec, "is empty but the column is not nullable")
+        arrays.append(converted)
+    return pa.RecordBatch.from_arrays(arrays, schema=contract.arrow_schema)
+
+
+def _convert_column(
+    array: pa.Array, spec: ColumnSpec, source: SourceFile, first_row: int
+) -> pa.Array:
+    target = spec.type.arrow_type
+    if array.type == target:
+        return array
+    prepared = _prepare(array, spec)
+    try:
+        return pc.cast(prepared, target, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        index = _first_uncastable(prepared, target)
+        value = array[index].as_py() if index is not None else None
+        row = first_row + (index or 0)
+        shown = repr(value) if not isinstance(value, str) else f"'{value[:100]}'"
+        raise _violation(source, row, spec, f"value {shown} is not a valid {spec.type}") from None
+
+
+def _prepare(array: pa.Array, spec: ColumnSpec) -> pa.Array:
+    """Normalise text before a cast: trim blanks; read offset-less timestamps as UTC."""
+    if not pa.types.is_string(array.type) or spec.type.name == "string":
+        return array
+    trimmed = pc.utf8_trim_whitespace(array)
+    if spec.type.name == "timestamp":
+        has_offset = pc.match_substring_regex(trimmed, _HAS_OFFSET)
+        with_utc = pc.binary_join_element_wise(trimmed, pa.scalar("Z"), "")
+        trimmed = pc.if_else(pc.fill_null(has_offset, True), trimmed, with_utc)
+    return trimmed
+
+
+def _first_uncastable(array: pa.Array, target: pa.DataType) -> int | None:
+    """Index of the first value that does not cast, found by bisection over slices."""
+
+    def casts(offset: int, length: int) -> bool:
+        try:
+            pc.cast(array.slice(offset, length), target, safe=True)
+            return True
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return False
+
+    low, high = 0, len(array)
+    if casts(low, high):
+        return None
+    # Invariant: the first bad value lies in [low, high).
+    while high - low > 1:
+        middle = (low + high) // 2
+        if casts(low, middle - low):
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def _violation(source: SourceFile, row: int, spec: ColumnSpec, message: str) -> ContractViolation:
+    return ContractViolation(
+        message, source=source.name, row=row, line=source.line_of_row(row), column=spec.name
+    )

@@ -1,0 +1,132 @@
+"""The one place that reads the environment.
+
+Every `DW_*` variable the worker understands is read here, once, into a frozen `Settings`. Nothing
+else in the package calls `os.environ`: code receives a `Settings` (or values taken from it), so
+tests build settings explicitly and no module changes behaviour at import time.
+
+With nothing set, everything defaults to files under `DW_HOME` (default `./.dw`): the *embedded
+default*, SQLite for the outbox, the audit trail and the warehouse.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dw_pipelines.core.errors import ConfigurationError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SHIPPED_DATASETS_DIR = PACKAGE_DIR / "datasets"
+SAMPLES_DIR = PACKAGE_DIR / "samples"
+
+# Names other parts (Helm values, docs, dedup scope) rely on; never rename them.
+CODE_LOCATION_NAME = "dw_pipelines"
+SENSOR_NAME = "dw_outbox_sensor"
+INGESTION_JOB_NAME = "dw_ingestion_job"
+TAG_JOB_ID = "dw/job_id"
+TAG_DATASET = "dw/dataset"
+TAG_TENANT = "dw/tenant"
+
+_SENSOR_STATUSES = ("RUNNING", "STOPPED")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration. Build with `Settings.from_env()`; tests pass values directly."""
+
+    home: Path
+    database_url: str
+    warehouse_url: str
+    landing_roots: tuple[str, ...]
+    datasets_path: Path | None = None
+    sensor_batch_size: int = 100
+    sensor_interval_seconds: int = 15
+    sensor_default_status: str = "RUNNING"
+    # A SENT row whose run never appeared (daemon died mid-tick) is re-requested after this long;
+    # the run_key makes the re-request harmless when the run does exist.
+    sensor_redispatch_after_seconds: int = 120
+    retry_max_retries: int = 5
+    retry_base_delay_seconds: float = 10.0
+    retry_max_delay_seconds: float = 3600.0
+    read_batch_rows: int = 65_536
+    database_url_from_env: bool = False
+    warehouse_url_from_env: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Read `DW_*` variables; unset ones fall back to the embedded default under `DW_HOME`."""
+        env = os.environ if environ is None else environ
+        home = Path(env.get("DW_HOME") or ".dw").expanduser().resolve()
+        database_url_raw = env.get("DW_DATABASE_URL")
+        database_url = normalize_database_url(database_url_raw or sqlite_url(home / "dw.db"))
+        warehouse_url_raw = env.get("DW_WAREHOUSE_URL")
+        warehouse_url = normalize_database_url(warehouse_url_raw) if warehouse_url_raw else database_url
+        roots_raw = env.get("DW_LANDING_ROOT")
+        if roots_raw:
+            landing_roots = tuple(r for r in roots_raw.split(os.pathsep) if r.strip())
+        else:
+            # Embedded default: a landing folder in DW_HOME plus the shipped sample files.
+            landing_roots = (str(home / "landing"), str(SAMPLES_DIR))
+        datasets_raw = env.get("DW_DATASETS_PATH")
+        status = (env.get("DW_SENSOR_DEFAULT_STATUS") or "RUNNING").upper()
+        if status not in _SENSOR_STATUSES:
+            raise ConfigurationError(
+                f"DW_SENSOR_DEFAULT_STATUS must be one of {', '.join(_SENSOR_STATUSES)}, got {status!r}"
+            )
+        return cls(
+            home=home,
+            database_url=database_url,
+            warehouse_url=warehouse_url,
+            landing_roots=landing_roots,
+            datasets_path=Path(datasets_raw).expanduser().resolve() if datasets_raw else None,
+            sensor_batch_size=_int(env, "DW_SENSOR_BATCH_SIZE", 100, minimum=1),
+            sensor_interval_seconds=_int(env, "DW_SENSOR_INTERVAL_SECONDS", 15, minimum=1),
+            sensor_default_status=status,
+            sensor_redispatch_after_seconds=_int(
+                env, "DW_SENSOR_REDISPATCH_AFTER_SECONDS", 120, minimum=0
+            ),
+            retry_max_retries=_int(env, "DW_RETRY_MAX_RETRIES", 5, minimum=0),
+            retry_base_delay_seconds=_float(env, "DW_RETRY_BASE_DELAY_SECONDS", 10.0),
+            retry_max_delay_seconds=_float(env, "DW_RETRY_MAX_DELAY_SECONDS", 3600.0),
+            read_batch_rows=_int(env, "DW_READ_BATCH_ROWS", 65_536, minimum=1),
+            database_url_from_env=bool(database_url_raw),
+            warehouse_url_from_env=bool(warehouse_url_raw),
+        )
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def normalize_database_url(url: str) -> str:
+    """Pin PostgreSQL URLs to the psycopg 3 driver, which the COPY path needs."""
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigurationError(f"{name} must be >= 0, got {value}")
+    return value
