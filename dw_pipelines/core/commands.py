@@ -30,6 +30,9 @@ _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4")
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DEFAULT_TENANT = "default"
+# Storage assets are partitioned by business date (daily, bounded); dates before this one have no
+# partition. Changing it changes the Dagster partitions definition.
+FIRST_BUSINESS_DATE = date(2020, 1, 1)
 
 
 def infer_format(source_uri: str) -> str | None:
@@ -106,6 +109,21 @@ class DwIngestionCommand(BaseModel):
             return cls.model_validate(cleaned)
         except ValidationError as exc:
             raise _command_error(exc) from None
+
+    def check_business_date(self, today: date) -> None:
+        """Refuse dates without a partition: before FIRST_BUSINESS_DATE or after `today` (UTC)."""
+        assert self.business_date is not None  # filled in by validation
+        if self.business_date < FIRST_BUSINESS_DATE:
+            raise CommandError(
+                "business_date",
+                f"{self.business_date.isoformat()} is before the first business date "
+                f"{FIRST_BUSINESS_DATE.isoformat()}",
+            )
+        if self.business_date > today:
+            raise CommandError(
+                "business_date",
+                f"{self.business_date.isoformat()} is in the future (today is {today.isoformat()}, UTC)",
+            )
 
     def to_payload(self) -> dict[str, Any]:
         """The JSON document stored in the outbox `payload` column."""

@@ -165,6 +165,7 @@ class DwIngestionJobQueue:
     def validate(self, command: DwIngestionCommand | Mapping[str, Any]) -> DwIngestionCommand:
         """Parse and check a command against the contracts and landing roots."""
         parsed = DwIngestionCommand.parse(command)
+        parsed.check_business_date(self.clock().date())
         self.contracts.get(parsed.dataset)
         if self.landing is not None:
             self.landing.check_command_source(parsed.source_uri)

@@ -1,0 +1,47 @@
+"""The `dw_pipelines` code location: assembles `Definitions` and nothing else.
+
+Contracts are read when the code location loads (each dataset becomes two assets), so adding a
+dataset file to `DW_DATASETS_PATH` takes effect on the next reload of the code location.
+"""
+
+import sqlalchemy as sa
+
+import dagster as dg
+from dw_pipelines.core.contracts import ContractRegistry
+from dw_pipelines.defs.assets import dataset_assets
+from dw_pipelines.defs.jobs import ingestion_job
+from dw_pipelines.defs.partitions import business_date_partitions
+from dw_pipelines.defs.resources import DwResource
+from dw_pipelines.defs.sensors import outbox_sensor
+from dw_pipelines.settings import SHIPPED_DATASETS_DIR, Settings
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    contracts = ContractRegistry.from_directories(SHIPPED_DATASETS_DIR, settings.datasets_path)
+    retry_policy = dg.RetryPolicy(
+        max_retries=settings.retry_max_retries,
+        delay=settings.retry_base_delay_seconds,
+        backoff=dg.Backoff.EXPONENTIAL,
+        jitter=dg.Jitter.PLUS_MINUS,
+    )
+    warehouse_kind = sa.make_url(settings.warehouse_url).get_backend_name()
+    assets = [
+        asset
+        for contract in contracts
+        for asset in dataset_assets(contract, business_date_partitions, retry_policy, warehouse_kind)
+    ]
+    job = ingestion_job(assets)
+    # URLs taken from the environment stay EnvVars: resolved at run time, hidden in the UI.
+    resource = DwResource(
+        database_url=dg.EnvVar("DW_DATABASE_URL") if settings.database_url_from_env else None,
+        warehouse_url=dg.EnvVar("DW_WAREHOUSE_URL") if settings.warehouse_url_from_env else None,
+    )
+    return dg.Definitions(
+        assets=assets,
+        jobs=[job],
+        sensors=[outbox_sensor(job, settings, contracts)],
+        resources={"dw": resource},
+    )
+
+
+defs = build_definitions(Settings.from_env())
