@@ -4,20 +4,20 @@ Contracts are read when the code location loads (each dataset becomes two assets
 dataset file to `DW_DATASETS_PATH` takes effect on the next reload of the code location.
 """
 
+import dagster as dg
 import sqlalchemy as sa
 
-import dagster as dg
-from dw_pipelines.core.contracts import ContractRegistry
 from dw_pipelines.defs.assets import dataset_assets
 from dw_pipelines.defs.jobs import ingestion_job
 from dw_pipelines.defs.partitions import business_date_partitions
 from dw_pipelines.defs.resources import DwResource
 from dw_pipelines.defs.sensors import outbox_sensor
-from dw_pipelines.settings import SHIPPED_DATASETS_DIR, Settings
+from dw_pipelines.services import load_contracts
+from dw_pipelines.settings import Settings
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    contracts = ContractRegistry.from_directories(SHIPPED_DATASETS_DIR, settings.datasets_path)
+    contracts = load_contracts(settings)
     retry_policy = dg.RetryPolicy(
         max_retries=settings.retry_max_retries,
         delay=settings.retry_base_delay_seconds,
@@ -28,7 +28,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     assets = [
         asset
         for contract in contracts
-        for asset in dataset_assets(contract, business_date_partitions, retry_policy, warehouse_kind)
+        for asset in dataset_assets(
+            contract, business_date_partitions, retry_policy, warehouse_kind
+        )
     ]
     job = ingestion_job(assets)
     # URLs taken from the environment stay EnvVars: resolved at run time, hidden in the UI.

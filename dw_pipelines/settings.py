@@ -60,7 +60,9 @@ class Settings:
         database_url_raw = env.get("DW_DATABASE_URL")
         database_url = normalize_database_url(database_url_raw or sqlite_url(home / "dw.db"))
         warehouse_url_raw = env.get("DW_WAREHOUSE_URL")
-        warehouse_url = normalize_database_url(warehouse_url_raw) if warehouse_url_raw else database_url
+        warehouse_url = (
+            normalize_database_url(warehouse_url_raw) if warehouse_url_raw else database_url
+        )
         roots_raw = env.get("DW_LANDING_ROOT")
         if roots_raw:
             landing_roots = tuple(r for r in roots_raw.split(os.pathsep) if r.strip())
@@ -71,7 +73,8 @@ class Settings:
         status = (env.get("DW_SENSOR_DEFAULT_STATUS") or "RUNNING").upper()
         if status not in _SENSOR_STATUSES:
             raise ConfigurationError(
-                f"DW_SENSOR_DEFAULT_STATUS must be one of {', '.join(_SENSOR_STATUSES)}, got {status!r}"
+                f"DW_SENSOR_DEFAULT_STATUS must be one of {', '.join(_SENSOR_STATUSES)}, "
+                f"got {status!r}"
             )
         return cls(
             home=home,

@@ -101,7 +101,7 @@ class DwIngestionCommand(BaseModel):
 
     @classmethod
     def parse(cls, data: "Mapping[str, Any] | DwIngestionCommand") -> "DwIngestionCommand":
-        """Validate a mapping (e.g. a JSON payload); raise `CommandError` naming the first bad field."""
+        """Validate a mapping (e.g. a JSON payload); `CommandError` names the first bad field."""
         if isinstance(data, DwIngestionCommand):
             return data
         cleaned = {k: v for k, v in dict(data).items() if v is not None}
@@ -122,7 +122,8 @@ class DwIngestionCommand(BaseModel):
         if self.business_date > today:
             raise CommandError(
                 "business_date",
-                f"{self.business_date.isoformat()} is in the future (today is {today.isoformat()}, UTC)",
+                f"{self.business_date.isoformat()} is in the future "
+                f"(today is {today.isoformat()}, UTC)",
             )
 
     def to_payload(self) -> dict[str, Any]:

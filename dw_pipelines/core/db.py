@@ -1,4 +1,4 @@
-"""Engines and the outbox/audit table definitions (SQLAlchemy Core), identical on SQLite and Postgres.
+"""Engines and the outbox/audit tables (SQLAlchemy Core), identical on SQLite and Postgres.
 
 The tables here are the *model*; the Alembic migrations in `core/migrations` create them, and a test
 checks that `upgrade head` yields exactly this metadata on both databases.

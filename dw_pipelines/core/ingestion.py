@@ -1,4 +1,4 @@
-"""One ingestion job, step by step: start → stage (read, validate, load staging) → promote → complete.
+"""One ingestion job, step by step: start, stage (read, validate, load), promote, complete.
 
 The Dagster assets call these steps; so could any other runner. Each step is safe to repeat:
 staging replaces the job's staged rows, promotion replaces (append) or upserts (merge) the job's
@@ -121,7 +121,9 @@ class IngestionService:
         self.queue.record_step(job.job_id, run_id, STAGED, result.details())
         return result
 
-    def _check_unique_keys(self, contract: DatasetContract, job_id: str, source: SourceFile) -> None:
+    def _check_unique_keys(
+        self, contract: DatasetContract, job_id: str, source: SourceFile
+    ) -> None:
         duplicate = self.warehouse.find_duplicate_key(contract, job_id)
         if duplicate is None:
             return

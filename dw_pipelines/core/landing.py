@@ -48,7 +48,8 @@ class LandingZone:
         try:
             return self.resolve(source_uri)
         except SourceError as exc:
-            raise CommandError("source_uri", str(exc).removeprefix(f"source_uri '{source_uri}': "))
+            reason = str(exc).removeprefix(f"source_uri '{source_uri}': ")
+            raise CommandError("source_uri", reason) from None
 
 
 def _local_path(source_uri: str) -> Path:

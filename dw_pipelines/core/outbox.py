@@ -212,16 +212,30 @@ class DwIngestionJobQueue:
         stmt = insert(outbox).values(**values).on_conflict_do_nothing()
         inserted = conn.execute(stmt.returning(outbox.c.job_id)).first()
         if inserted is not None:
-            self._audit(conn, command.job_id, None, ENQUEUED, None, "PENDING", 0, now, {
-                "dataset": command.dataset,
-                "tenant_id": command.tenant_id,
-                "source_uri": command.source_uri,
-                "requested_by": command.requested_by,
-            })
+            self._audit(
+                conn,
+                command.job_id,
+                None,
+                ENQUEUED,
+                None,
+                "PENDING",
+                0,
+                now,
+                {
+                    "dataset": command.dataset,
+                    "tenant_id": command.tenant_id,
+                    "source_uri": command.source_uri,
+                    "requested_by": command.requested_by,
+                },
+            )
             return EnqueueResult(self._get(conn, command.job_id), created=True)
-        existing = conn.execute(
-            sa.select(outbox).where(outbox.c.idempotency_key == command.idempotency_key)
-        ).mappings().first()
+        existing = (
+            conn.execute(
+                sa.select(outbox).where(outbox.c.idempotency_key == command.idempotency_key)
+            )
+            .mappings()
+            .first()
+        )
         if existing is not None:
             return EnqueueResult(OutboxJob.from_row(existing), created=False)
         raise CommandError(
@@ -245,31 +259,44 @@ class DwIngestionJobQueue:
             job_ids = list(conn.execute(candidates).scalars())
             if not job_ids:
                 return []
-            rows = conn.execute(
-                outbox.update()
-                .where(outbox.c.job_id.in_(job_ids), outbox.c.status == "PENDING")
-                .values(status="SENT", updated_at=now)
-                .returning(*outbox.c)
-            ).mappings().all()
+            rows = (
+                conn.execute(
+                    outbox.update()
+                    .where(outbox.c.job_id.in_(job_ids), outbox.c.status == "PENDING")
+                    .values(status="SENT", updated_at=now)
+                    .returning(*outbox.c)
+                )
+                .mappings()
+                .all()
+            )
             jobs = sorted(
                 (OutboxJob.from_row(r) for r in rows),
                 key=lambda j: (j.next_attempt_at, j.created_at, j.job_id),
             )
-            self._audit_many(conn, [
-                _audit_values(j.job_id, None, DISPATCHED, "PENDING", "SENT", j.attempts, now, None)
-                for j in jobs
-            ])
+            self._audit_many(
+                conn,
+                [
+                    _audit_values(
+                        j.job_id, None, DISPATCHED, "PENDING", "SENT", j.attempts, now, None
+                    )
+                    for j in jobs
+                ],
+            )
             return jobs
 
     def sent_before(self, cutoff: datetime, limit: int) -> list[OutboxJob]:
-        """SENT rows not touched since `cutoff`: candidates whose run may never have been created."""
+        """SENT rows untouched since `cutoff`: candidates whose run may never have been created."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(outbox)
-                .where(outbox.c.status == "SENT", outbox.c.updated_at <= cutoff)
-                .order_by(outbox.c.updated_at, outbox.c.job_id)
-                .limit(limit)
-            ).mappings().all()
+            rows = (
+                conn.execute(
+                    sa.select(outbox)
+                    .where(outbox.c.status == "SENT", outbox.c.updated_at <= cutoff)
+                    .order_by(outbox.c.updated_at, outbox.c.job_id)
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
         return [OutboxJob.from_row(r) for r in rows]
 
     def note_redispatched(self, job_ids: Sequence[str]) -> None:
@@ -284,10 +311,13 @@ class DwIngestionJobQueue:
                 .values(updated_at=now)
                 .returning(outbox.c.job_id, outbox.c.attempts)
             ).all()
-            self._audit_many(conn, [
-                _audit_values(job_id, None, REDISPATCHED, "SENT", "SENT", attempts, now, None)
-                for job_id, attempts in rows
-            ])
+            self._audit_many(
+                conn,
+                [
+                    _audit_values(job_id, None, REDISPATCHED, "SENT", "SENT", attempts, now, None)
+                    for job_id, attempts in rows
+                ],
+            )
 
     # -------------------------------------------------------------------------------- runs
 
@@ -307,11 +337,17 @@ class DwIngestionJobQueue:
     def record_step(self, job_id: str, run_id: str, event: str, details: dict[str, Any]) -> None:
         """Audit a step inside PROCESSING (e.g. STAGED) without changing the status."""
         self._transition(
-            job_id, run_id, event, to_status="PROCESSING", allowed_from=("PROCESSING",),
+            job_id,
+            run_id,
+            event,
+            to_status="PROCESSING",
+            allowed_from=("PROCESSING",),
             details=details,
         )
 
-    def complete(self, job_id: str, run_id: str, rows_loaded: int, details: dict[str, Any]) -> OutboxJob:
+    def complete(
+        self, job_id: str, run_id: str, rows_loaded: int, details: dict[str, Any]
+    ) -> OutboxJob:
         return self._transition(
             job_id,
             run_id,
@@ -363,9 +399,15 @@ class DwIngestionJobQueue:
             ).mappings()
             return [
                 AuditEvent(
-                    id=r["id"], job_id=r["job_id"], run_id=r["run_id"], event=r["event"],
-                    from_status=r["from_status"], to_status=r["to_status"],
-                    attempt=r["attempt"], at=as_utc(r["at"]), details=r["details"],
+                    id=r["id"],
+                    job_id=r["job_id"],
+                    run_id=r["run_id"],
+                    event=r["event"],
+                    from_status=r["from_status"],
+                    to_status=r["to_status"],
+                    attempt=r["attempt"],
+                    at=as_utc(r["at"]),
+                    details=r["details"],
                 )
                 for r in rows
             ]

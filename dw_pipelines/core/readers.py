@@ -144,7 +144,8 @@ def _csv_error(source: SourceFile, exc: Exception, bad_rows: list) -> Exception:
         row = bad_rows[0]
         line = row.number if row.number is not None and row.number > 0 else None
         return ContractViolation(
-            f"expected {row.expected_columns} fields, found {row.actual_columns}: {row.text[:200]!r}",
+            f"expected {row.expected_columns} fields, found {row.actual_columns}: "
+            f"{row.text[:200]!r}",
             source=source.name,
             line=line,
             row=line - CSV_HEADER_LINES if line else None,
@@ -165,8 +166,7 @@ def _read_parquet(
     check_columns(source, parquet.schema_arrow.names, contract)
     with parquet:
         try:
-            for batch in parquet.iter_batches(batch_size=batch_rows, columns=contract.column_names):
-                yield batch
+            yield from parquet.iter_batches(batch_size=batch_rows, columns=contract.column_names)
         except (pa.ArrowInvalid, OSError) as exc:
             raise SourceError(f"{source.name}: corrupt Parquet data: {exc}") from None
 
@@ -181,14 +181,14 @@ def _jsonl_read_type(arrow_type: pa.DataType) -> pa.DataType:
 def _read_jsonl(
     source: SourceFile, contract: DatasetContract, batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
-    schema = pa.schema(
-        [pa.field(f.name, _jsonl_read_type(f.type)) for f in contract.arrow_schema]
-    )
+    schema = pa.schema([pa.field(f.name, _jsonl_read_type(f.type)) for f in contract.arrow_schema])
     try:
         stream = pa.input_stream(str(source.path), compression="detect")
         reader = pajson.open_json(
             stream,
-            read_options=pajson.ReadOptions(block_size=max(1 << 20, min(batch_rows * 512, 64 << 20))),
+            read_options=pajson.ReadOptions(
+                block_size=max(1 << 20, min(batch_rows * 512, 64 << 20))
+            ),
             parse_options=pajson.ParseOptions(
                 explicit_schema=schema, unexpected_field_behavior="error"
             ),
@@ -201,9 +201,7 @@ def _read_jsonl(
         raise SourceError(f"{source.name}: cannot read: {exc}") from None
 
 
-def _locate_jsonl_error(
-    source: SourceFile, contract: DatasetContract, exc: Exception
-) -> Exception:
+def _locate_jsonl_error(source: SourceFile, contract: DatasetContract, exc: Exception) -> Exception:
     """Slow path, on failure only: find the first bad line with the standard json module."""
     expected = set(contract.column_names)
     try:
@@ -217,22 +215,28 @@ def _locate_jsonl_error(
         try:
             value = json.loads(text)
         except json.JSONDecodeError as decode_error:
-            return ContractViolation(f"invalid JSON: {decode_error.msg}", source=source.name,
-                                     line=number, row=number)
+            return ContractViolation(
+                f"invalid JSON: {decode_error.msg}", source=source.name, line=number, row=number
+            )
         if not isinstance(value, dict):
-            return ContractViolation("expected a JSON object", source=source.name,
-                                     line=number, row=number)
+            return ContractViolation(
+                "expected a JSON object", source=source.name, line=number, row=number
+            )
         unexpected = sorted(set(value) - expected)
         if unexpected:
             return ContractViolation(
-                f"unexpected field(s) {', '.join(unexpected)}", source=source.name,
-                line=number, row=number, column=unexpected[0],
+                f"unexpected field(s) {', '.join(unexpected)}",
+                source=source.name,
+                line=number,
+                row=number,
+                column=unexpected[0],
             )
         for column in contract.columns:
             bad = _json_type_mismatch(value.get(column.name), column.type)
             if bad:
-                return ContractViolation(bad, source=source.name, line=number, row=number,
-                                         column=column.name)
+                return ContractViolation(
+                    bad, source=source.name, line=number, row=number, column=column.name
+                )
     return ContractViolation(f"unreadable JSONL: {str(exc).splitlines()[0]}", source=source.name)
 
 

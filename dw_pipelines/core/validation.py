@@ -1,4 +1,4 @@
-"""Vectorised contract checks: cast each batch to the contract's Arrow schema, or say exactly why not.
+"""Vectorised contract checks: cast each batch to the contract schema, or say exactly why not.
 
 The happy path is one Arrow cast per column per batch, no Python per row. Only when a cast fails
 do we look for the first offending value, by bisecting the column (a logarithmic number of casts),
@@ -38,7 +38,9 @@ def conform_batch(
         converted = _convert_column(array, spec, source, first_row)
         if not spec.nullable and converted.null_count:
             index = pc.index(pc.is_null(converted), True).as_py()
-            raise _violation(source, first_row + index, spec, "is empty but the column is not nullable")
+            raise _violation(
+                source, first_row + index, spec, "is empty but the column is not nullable"
+            )
         arrays.append(converted)
     return pa.RecordBatch.from_arrays(arrays, schema=contract.arrow_schema)
 

@@ -89,7 +89,9 @@ def create_warehouse_engine(url: str) -> Engine:
     if engine.dialect.name == "sqlite":
         database = engine.url.database
         if not database or database == ":memory:":
-            raise ConfigurationError("DW_WAREHOUSE_URL: an in-memory SQLite warehouse is not supported")
+            raise ConfigurationError(
+                "DW_WAREHOUSE_URL: an in-memory SQLite warehouse is not supported"
+            )
         folder = Path(database).resolve().parent
 
         def attach(dbapi_connection, _record) -> None:
@@ -145,9 +147,7 @@ class Warehouse:
         is_merge = contract.write_mode == "merge"
         storage_columns = data_columns(primary_key=False)
         if is_merge:
-            storage_columns.insert(
-                0, sa.Column(TENANT_COLUMN, sa.String(64), nullable=False)
-            )
+            storage_columns.insert(0, sa.Column(TENANT_COLUMN, sa.String(64), nullable=False))
         else:
             storage_columns.append(sa.Column(TENANT_COLUMN, sa.String(64), nullable=False))
         storage = sa.Table(
@@ -157,8 +157,11 @@ class Warehouse:
             sa.Column(JOB_ID_COLUMN, sa.String(128), nullable=False),
             sa.Column(LOADED_AT_COLUMN, sa.DateTime(timezone=True), nullable=False),
             *(
-                [sa.PrimaryKeyConstraint(TENANT_COLUMN, *contract.primary_key,
-                                         name=f"pk_{contract.name}"[:63])]
+                [
+                    sa.PrimaryKeyConstraint(
+                        TENANT_COLUMN, *contract.primary_key, name=f"pk_{contract.name}"[:63]
+                    )
+                ]
                 if is_merge
                 else []
             ),
@@ -179,7 +182,9 @@ class Warehouse:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('dw_pipelines.ddl'))"))
                 for schema in (STAGING_SCHEMA, STORAGE_SCHEMA):
                     conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {schema}"))
-            self._metadata.create_all(conn, tables=[tables.staging, tables.storage], checkfirst=True)
+            self._metadata.create_all(
+                conn, tables=[tables.staging, tables.storage], checkfirst=True
+            )
             inspector = sa.inspect(conn)
             for table in (tables.staging, tables.storage):
                 found = {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
@@ -211,10 +216,14 @@ class Warehouse:
                 return self._copy_into(conn, tables.staging, numbered)
             return self._executemany_into(conn, tables.staging, numbered)
 
-    def _copy_into(self, conn: Connection, table: sa.Table, batches: Iterator[pa.RecordBatch]) -> int:
+    def _copy_into(
+        self, conn: Connection, table: sa.Table, batches: Iterator[pa.RecordBatch]
+    ) -> int:
         quote = conn.dialect.identifier_preparer.quote
         columns = ", ".join(quote(c.name) for c in table.columns)
-        statement = f"COPY {quote(table.schema)}.{quote(table.name)} ({columns}) FROM STDIN (FORMAT csv)"
+        statement = (
+            f"COPY {quote(table.schema)}.{quote(table.name)} ({columns}) FROM STDIN (FORMAT csv)"
+        )
         rows = 0
         options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
         driver_connection = conn.connection.driver_connection
@@ -254,24 +263,36 @@ class Warehouse:
         key_columns = [staging.c[k] for k in contract.primary_key]
         first_row = sa.func.min(staging.c[ROW_NUMBER_COLUMN])
         with self.engine.connect() as conn:
-            duplicate = conn.execute(
-                sa.select(*key_columns, sa.func.count().label("n"), first_row.label("first_row"))
-                .where(staging.c[JOB_ID_COLUMN] == job_id)
-                .group_by(*key_columns)
-                .having(sa.func.count() > 1)
-                .order_by(first_row)
-                .limit(1)
-            ).mappings().first()
+            duplicate = (
+                conn.execute(
+                    sa.select(
+                        *key_columns, sa.func.count().label("n"), first_row.label("first_row")
+                    )
+                    .where(staging.c[JOB_ID_COLUMN] == job_id)
+                    .group_by(*key_columns)
+                    .having(sa.func.count() > 1)
+                    .order_by(first_row)
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
             if duplicate is None:
                 return None
             key = {k: duplicate[k] for k in contract.primary_key}
-            rows = conn.execute(
-                sa.select(staging.c[ROW_NUMBER_COLUMN])
-                .where(staging.c[JOB_ID_COLUMN] == job_id,
-                       *[staging.c[k] == v for k, v in key.items()])
-                .order_by(staging.c[ROW_NUMBER_COLUMN])
-                .limit(2)
-            ).scalars().all()
+            rows = (
+                conn.execute(
+                    sa.select(staging.c[ROW_NUMBER_COLUMN])
+                    .where(
+                        staging.c[JOB_ID_COLUMN] == job_id,
+                        *[staging.c[k] == v for k, v in key.items()],
+                    )
+                    .order_by(staging.c[ROW_NUMBER_COLUMN])
+                    .limit(2)
+                )
+                .scalars()
+                .all()
+            )
         return DuplicateKey(key=key, rows=tuple(rows), occurrences=duplicate["n"])
 
     def discard_staging(self, contract: DatasetContract, job_id: str) -> None:

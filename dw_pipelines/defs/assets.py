@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
+
 from dw_pipelines.core.contracts import DatasetContract
 from dw_pipelines.core.errors import DwError
 from dw_pipelines.defs.resources import DwResource
@@ -64,7 +65,9 @@ def outbox_bookkeeping(
         raise
 
 
-def _mark_failed(context: dg.AssetExecutionContext, dw: DwResource, job_id: str, error: str) -> None:
+def _mark_failed(
+    context: dg.AssetExecutionContext, dw: DwResource, job_id: str, error: str
+) -> None:
     try:
         dw.service.fail(job_id, context.run_id, error)
     except Exception as exc:  # the original error matters more; log why bookkeeping failed

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
 from dw_pipelines.defs.partitions import business_date_partitions
 from dw_pipelines.settings import INGESTION_JOB_NAME
 

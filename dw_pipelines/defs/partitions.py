@@ -6,6 +6,7 @@ re-processes that date's jobs.
 """
 
 import dagster as dg
+
 from dw_pipelines.core.commands import FIRST_BUSINESS_DATE
 
 business_date_partitions = dg.DailyPartitionsDefinition(

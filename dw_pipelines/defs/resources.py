@@ -4,16 +4,15 @@ The database URLs are resource fields so Dagster resolves them at run time from 
 never shows them in the UI. Left empty, they fall back to the settings (the embedded default).
 """
 
-from pydantic import Field, PrivateAttr
+import dataclasses
 
 import dagster as dg
-from dw_pipelines.core.contracts import ContractRegistry
-from dw_pipelines.core.db import create_db_engine
+from pydantic import Field, PrivateAttr
+
 from dw_pipelines.core.ingestion import IngestionService
-from dw_pipelines.core.landing import LandingZone
 from dw_pipelines.core.outbox import DwIngestionJobQueue
-from dw_pipelines.core.warehouse import Warehouse, create_warehouse_engine
-from dw_pipelines.settings import SHIPPED_DATASETS_DIR, Settings, normalize_database_url
+from dw_pipelines.services import build_service, dispose
+from dw_pipelines.settings import Settings, normalize_database_url
 
 
 class DwResource(dg.ConfigurableResource):
@@ -38,19 +37,14 @@ class DwResource(dg.ConfigurableResource):
         """Built on first use, so a sensor tick or a run opens only the engines it needs."""
         if self._service is None:
             settings = self.settings()
-            database_url = normalize_database_url(self.database_url or settings.database_url)
-            warehouse_url = normalize_database_url(
-                self.warehouse_url or self.database_url or settings.warehouse_url
-            )
-            contracts = ContractRegistry.from_directories(
-                SHIPPED_DATASETS_DIR, settings.datasets_path
-            )
-            landing = LandingZone(settings.landing_roots)
-            queue = DwIngestionJobQueue(create_db_engine(database_url), contracts, landing)
-            warehouse = Warehouse(create_warehouse_engine(warehouse_url))
-            self._service = IngestionService(
-                queue, warehouse, contracts, landing, batch_rows=settings.read_batch_rows
-            )
+            overrides = {}
+            if self.database_url:
+                overrides["database_url"] = normalize_database_url(self.database_url)
+            if self.warehouse_url or self.database_url:
+                overrides["warehouse_url"] = normalize_database_url(
+                    self.warehouse_url or self.database_url
+                )
+            self._service = build_service(dataclasses.replace(settings, **overrides))
         return self._service
 
     @property
@@ -59,6 +53,5 @@ class DwResource(dg.ConfigurableResource):
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._service is not None:
-            self._service.queue.engine.dispose()
-            self._service.warehouse.engine.dispose()
+            dispose(self._service)
             self._service = None

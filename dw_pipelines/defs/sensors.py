@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
 from dw_pipelines.core.contracts import ContractRegistry
 from dw_pipelines.core.db import utcnow
 from dw_pipelines.core.outbox import OutboxJob, redispatch_cutoff
@@ -70,8 +71,7 @@ def outbox_sensor(
         if orphans:
             queue.note_redispatched([j.job_id for j in orphans])
             context.log.warning(
-                "re-requesting SENT jobs that have no run: "
-                + ", ".join(j.job_id for j in orphans)
+                "re-requesting SENT jobs that have no run: " + ", ".join(j.job_id for j in orphans)
             )
         claimed = queue.claim_due(max(settings.sensor_batch_size - len(orphans), 0))
         requests = []

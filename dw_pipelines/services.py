@@ -1,0 +1,41 @@
+"""Build the core objects from `Settings`: the one wiring shared by the CLI, Dagster and tests."""
+
+from dw_pipelines.core.contracts import ContractRegistry
+from dw_pipelines.core.db import create_db_engine
+from dw_pipelines.core.ingestion import IngestionService
+from dw_pipelines.core.landing import LandingZone
+from dw_pipelines.core.outbox import DwIngestionJobQueue
+from dw_pipelines.core.warehouse import Warehouse, create_warehouse_engine
+from dw_pipelines.settings import SHIPPED_DATASETS_DIR, Settings
+
+
+def load_contracts(settings: Settings) -> ContractRegistry:
+    """Shipped dataset contracts plus those in `DW_DATASETS_PATH`."""
+    return ContractRegistry.from_directories(SHIPPED_DATASETS_DIR, settings.datasets_path)
+
+
+def build_queue(
+    settings: Settings, contracts: ContractRegistry | None = None
+) -> DwIngestionJobQueue:
+    return DwIngestionJobQueue(
+        create_db_engine(settings.database_url),
+        contracts or load_contracts(settings),
+        LandingZone(settings.landing_roots),
+    )
+
+
+def build_service(settings: Settings) -> IngestionService:
+    contracts = load_contracts(settings)
+    queue = build_queue(settings, contracts)
+    return IngestionService(
+        queue,
+        Warehouse(create_warehouse_engine(settings.warehouse_url)),
+        contracts,
+        queue.landing,
+        batch_rows=settings.read_batch_rows,
+    )
+
+
+def dispose(service: IngestionService) -> None:
+    service.queue.engine.dispose()
+    service.warehouse.engine.dispose()
