@@ -1,0 +1,235 @@
+"""`dw-pipelines`: a thin command line over the core.
+
+Every command reads its configuration from the `DW_*` environment (see README). `--json` prints one
+JSON document on stdout; errors print one line on stderr and exit with status 1 (2 for usage).
+"""
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from dw_pipelines.core.db import OUTBOX_STATUSES, create_db_engine
+from dw_pipelines.core.errors import DwError
+from dw_pipelines.settings import Settings
+
+ENV_HELP = (
+    "Configuration comes from the environment: DW_DATABASE_URL, DW_WAREHOUSE_URL, "
+    "DW_LANDING_ROOT, DW_DATASETS_PATH, DW_HOME (default ./.dw, the embedded SQLite default)."
+)
+
+
+def _errors_to_exit_code(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The one error path: a message on stderr and exit status 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DwError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except Exception as exc:  # database down, permissions...: say what, not a traceback
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            click.echo(f"error: {type(exc).__name__}: {first_line}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _print_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
+
+
+@click.group(help=f"DW ingestion worker: outbox, datasets and a local demo.\n\n{ENV_HELP}")
+def main() -> None:
+    pass
+
+
+@main.group(help="Outbox and audit database schema.")
+def db() -> None:
+    pass
+
+
+@db.command("upgrade", help="Create or upgrade the outbox and audit tables (Alembic, to head).")
+@_errors_to_exit_code
+def db_upgrade() -> None:
+    from dw_pipelines.core.migrations import current_revision, upgrade
+
+    settings = _settings()
+    engine = create_db_engine(settings.database_url)
+    try:
+        upgrade(engine)
+        revision = current_revision(engine)
+    finally:
+        engine.dispose()
+    click.echo(f"outbox schema at revision {revision} ({engine.url.render_as_string()})")
+
+
+@main.command(help="Enqueue an ingestion command (inserts a PENDING outbox row).")
+@click.option(
+    "--dataset", required=True, help="Dataset name (a contract in dw_pipelines/datasets)."
+)
+@click.option("--source", "source_uri", required=True, help="Source file path or file:// URI.")
+@click.option("--tenant", "tenant_id", default=None, help="Tenant id [default: default].")
+@click.option("--job-id", default=None, help="Job id [default: a new UUID].")
+@click.option("--idempotency-key", default=None, help="Dedup key [default: the job id].")
+@click.option("--business-date", default=None, help="YYYY-MM-DD [default: today, UTC].")
+@click.option("--format", "fmt", default=None, help="csv, parquet or jsonl [default: extension].")
+@click.option("--requested-by", default=None, help="Who asks (kept in the audit trail).")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@_errors_to_exit_code
+def enqueue(
+    dataset: str,
+    source_uri: str,
+    tenant_id: str | None,
+    job_id: str | None,
+    idempotency_key: str | None,
+    business_date: str | None,
+    fmt: str | None,
+    requested_by: str | None,
+    as_json: bool,
+) -> None:
+    from dw_pipelines.services import build_queue
+
+    queue = build_queue(_settings())
+    try:
+        result = queue.enqueue(
+            {
+                "dataset": dataset,
+                "source_uri": source_uri,
+                "tenant_id": tenant_id,
+                "job_id": job_id,
+                "idempotency_key": idempotency_key,
+                "business_date": business_date,
+                "format": fmt,
+                "requested_by": requested_by,
+            }
+        )
+    finally:
+        queue.engine.dispose()
+    if as_json:
+        _print_json({"created": result.created, **result.job.to_dict()})
+    elif result.created:
+        click.echo(f"enqueued {result.job.job_id} ({result.job.dataset}, {result.job.status})")
+    else:
+        click.echo(
+            f"already enqueued as {result.job.job_id} (same idempotency key; "
+            f"status {result.job.status}); nothing inserted"
+        )
+
+
+@main.group(help="Inspect outbox jobs.")
+def outbox() -> None:
+    pass
+
+
+@outbox.command("list", help="List jobs, newest first.")
+@click.option(
+    "--status",
+    type=click.Choice(OUTBOX_STATUSES, case_sensitive=False),
+    default=None,
+    help="Only jobs in this status.",
+)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as a JSON list.")
+@_errors_to_exit_code
+def outbox_list(status: str | None, limit: int, as_json: bool) -> None:
+    from dw_pipelines.services import build_queue
+
+    queue = build_queue(_settings())
+    try:
+        jobs = queue.list_jobs(status=status, limit=limit)
+    finally:
+        queue.engine.dispose()
+    if as_json:
+        _print_json([job.to_dict() for job in jobs])
+        return
+    click.echo(
+        format_table(
+            ["job_id", "dataset", "tenant", "date", "status", "attempts", "rows", "error"],
+            [
+                [
+                    j.job_id,
+                    j.dataset,
+                    j.tenant_id,
+                    j.business_date.isoformat(),
+                    j.status,
+                    j.attempts,
+                    "" if j.rows_loaded is None else j.rows_loaded,
+                    (j.last_error or "")[:80],
+                ]
+                for j in jobs
+            ],
+        )
+    )
+
+
+@outbox.command("show", help="Show one job and its audit trail.")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print job and audit trail as JSON.")
+@_errors_to_exit_code
+def outbox_show(job_id: str, as_json: bool) -> None:
+    from dw_pipelines.services import build_queue
+
+    queue = build_queue(_settings())
+    try:
+        job = queue.get(job_id)
+        trail = queue.audit_trail(job_id)
+    finally:
+        queue.engine.dispose()
+    if as_json:
+        _print_json({**job.to_dict(), "audit": [event.to_dict() for event in trail]})
+        return
+    for key, value in job.to_dict().items():
+        if key != "payload":
+            click.echo(f"{key:>16}: {'' if value is None else value}")
+    click.echo(f"{'command':>16}: {json.dumps(job.payload, sort_keys=True)}")
+    click.echo("")
+    click.echo(
+        format_table(
+            ["at", "event", "from", "to", "attempt", "run_id", "details"],
+            [
+                [
+                    e.at.isoformat(timespec="seconds"),
+                    e.event,
+                    e.from_status or "",
+                    e.to_status or "",
+                    e.attempt,
+                    (e.run_id or "")[:8],
+                    json.dumps(e.details, sort_keys=True)[:100] if e.details else "",
+                ]
+                for e in trail
+            ],
+        )
+    )
+
+
+@main.command(help="Run the whole worker locally on the embedded default and show the result.")
+@click.option("--timeout", type=int, default=300, show_default=True, help="Seconds to wait.")
+@_errors_to_exit_code
+def demo(timeout: int) -> None:
+    from dw_pipelines.demo import run_demo
+
+    sys.exit(run_demo(_settings(), timeout_seconds=timeout))
+
+
+def format_table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
