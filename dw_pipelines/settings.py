@@ -8,6 +8,7 @@ With nothing set, everything defaults to files under `DW_HOME` (default `./.dw`)
 default*, SQLite for the outbox, the audit trail and the warehouse.
 """
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -130,6 +131,6 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ConfigurationError(f"{name} must be >= 0, got {value}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigurationError(f"{name} must be a finite number >= 0, got {raw!r}")
     return value

@@ -19,7 +19,6 @@ from dw_pipelines.core.errors import CommandError
 FORMATS = ("csv", "parquet", "jsonl")
 _EXTENSION_FORMATS = {
     ".csv": "csv",
-    ".tsv": "csv",
     ".parquet": "parquet",
     ".pq": "parquet",
     ".jsonl": "jsonl",

@@ -201,7 +201,7 @@ class _ContractModel(BaseModel):
 
 def check_identifier(value: str, what: str) -> str:
     """Refuse anything that is not a plain lower-case SQL identifier."""
-    if not IDENTIFIER_PATTERN.match(value):
+    if not IDENTIFIER_PATTERN.fullmatch(value):
         raise ValueError(
             f"{what} '{value}' must match {IDENTIFIER_PATTERN.pattern} "
             "(lower-case letters, digits, underscore; at most 63 characters)"

@@ -93,7 +93,7 @@ class IngestionService:
         started = time.monotonic()
         command = job.command
         contract = self.contracts.get(job.dataset)
-        source = open_source(self.landing.resolve(command.source_uri), command.format)
+        source = open_source(self.landing.resolve(command.source_uri), command.format, contract.csv)
         batches = 0
 
         def conformed() -> Iterator[pa.RecordBatch]:

@@ -8,10 +8,13 @@ Each reader checks the header (column names) against the contract before the fir
 turns parser errors into `ContractViolation`/`SourceError` that name the file and the line.
 """
 
+import csv
+import decimal
+import io
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,7 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from dw_pipelines.core.contracts import ColumnType, DatasetContract
+from dw_pipelines.core.contracts import ColumnType, CsvOptions, DatasetContract
 from dw_pipelines.core.errors import ContractViolation, SourceError
 
 # A row in a CSV data block: header is line 1, so data row r (1-based) is on line r + 1 when no
@@ -32,26 +35,88 @@ class SourceFile:
     path: Path
     format: str
     size_bytes: int
+    csv: CsvOptions = field(default_factory=CsvOptions)  # CSV dialect, for line look-ups
 
     @property
     def name(self) -> str:
         return self.path.name
 
     def line_of_row(self, row: int) -> int | None:
-        """1-based line of the 1-based data row `row`, for line-oriented formats."""
-        if self.format == "csv":
-            return row + CSV_HEADER_LINES
-        if self.format == "jsonl":
-            return row
-        return None
+        """1-based line where the 1-based data row `row` starts (None for Parquet).
+
+        Only called to report an error, so it may rescan the file: pyarrow skips blank lines
+        and a quoted CSV value may span lines, so "row + 1" is not always the line.
+        """
+        if self.format == "parquet":
+            return None
+        try:
+            if self.format == "jsonl":
+                return _jsonl_line_of_row(self.path, row)
+            return _csv_line_of_row(self.path, row, self.csv)
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return None
 
 
-def open_source(path: Path, fmt: str) -> SourceFile:
+def _text_lines(path: Path, encoding: str) -> Iterator[str]:
+    with pa.input_stream(str(path), compression="detect") as stream:
+        wrapper = io.TextIOWrapper(stream, encoding=encoding, newline="")
+        yield from wrapper
+
+
+def _csv_line_of_row(path: Path, row: int, options: CsvOptions) -> int | None:
+    lines = _text_lines(path, options.encoding)
+    reader = csv.reader(lines, delimiter=options.delimiter)
+    data_row = -CSV_HEADER_LINES  # the header is record 0
+    line_after_previous = 1
+    for record in reader:
+        start = line_after_previous
+        line_after_previous = reader.line_num + 1
+        if not record:  # blank line: pyarrow skips it too
+            continue
+        data_row += 1
+        if data_row == row:
+            return start
+    return None
+
+
+def _first_ragged_record(path: Path, options: CsvOptions) -> tuple[int | None, int | None]:
+    """(data row, line) of the first record whose field count differs from the header's."""
+    try:
+        reader = csv.reader(_text_lines(path, options.encoding), delimiter=options.delimiter)
+        expected = None
+        data_row = -CSV_HEADER_LINES
+        line_after_previous = 1
+        for record in reader:
+            start = line_after_previous
+            line_after_previous = reader.line_num + 1
+            if not record:
+                continue
+            data_row += 1
+            if expected is None:
+                expected = len(record)
+            elif len(record) != expected:
+                return data_row, start
+    except (OSError, UnicodeDecodeError, csv.Error):
+        pass
+    return None, None
+
+
+def _jsonl_line_of_row(path: Path, row: int) -> int | None:
+    data_row = 0
+    for number, line in enumerate(_text_lines(path, "utf-8"), start=1):
+        if line.strip():
+            data_row += 1
+            if data_row == row:
+                return number
+    return None
+
+
+def open_source(path: Path, fmt: str, csv_options: CsvOptions | None = None) -> SourceFile:
     try:
         size = os.stat(path).st_size
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
-    return SourceFile(path=path, format=fmt, size_bytes=size)
+    return SourceFile(path=path, format=fmt, size_bytes=size, csv=csv_options or CsvOptions())
 
 
 def read_batches(
@@ -122,7 +187,7 @@ def _read_csv(
             ),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise _csv_error(source, exc, bad_rows) from None
+        raise _csv_error(source, options, exc, bad_rows) from None
     except OSError as exc:
         raise SourceError(f"{source.name}: cannot read: {exc}") from None
     check_columns(source, reader.schema.names, contract)
@@ -133,22 +198,25 @@ def _read_csv(
             except StopIteration:
                 return
             except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-                raise _csv_error(source, exc, bad_rows) from None
+                raise _csv_error(source, options, exc, bad_rows) from None
             except OSError as exc:
                 raise SourceError(f"{source.name}: cannot read: {exc}") from None
             yield from _rechunk(batch.select(contract.column_names), batch_rows)
 
 
-def _csv_error(source: SourceFile, exc: Exception, bad_rows: list) -> Exception:
+def _csv_error(
+    source: SourceFile, options: CsvOptions, exc: Exception, bad_rows: list
+) -> Exception:
     if bad_rows:
-        row = bad_rows[0]
-        line = row.number if row.number is not None and row.number > 0 else None
+        bad = bad_rows[0]
+        # The multi-threaded parser does not know line numbers: find the row again, slowly.
+        row, line = _first_ragged_record(source.path, options)
         return ContractViolation(
-            f"expected {row.expected_columns} fields, found {row.actual_columns}: "
-            f"{row.text[:200]!r}",
+            f"expected {bad.expected_columns} fields, found {bad.actual_columns}: "
+            f"{bad.text[:200]!r}",
             source=source.name,
             line=line,
-            row=line - CSV_HEADER_LINES if line else None,
+            row=row,
         )
     message = str(exc).splitlines()[0]
     if isinstance(exc, UnicodeDecodeError) or "invalid utf" in message.lower():
@@ -250,9 +318,28 @@ def _json_type_mismatch(value: object, column_type: ColumnType) -> str | None:
         ok = isinstance(value, bool)
     elif kind == "int64":
         ok = isinstance(value, int) and not isinstance(value, bool)
-    else:  # float64, decimal: numbers, or strings holding numbers
-        ok = isinstance(value, (int, float, str)) and not isinstance(value, bool)
+    elif kind == "float64":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:  # decimal: a number or a string holding one, within precision and scale
+        ok = _fits_decimal(value, column_type)
     return None if ok else f"value {value!r} is not a valid {column_type}"
+
+
+def _fits_decimal(value: object, column_type: ColumnType) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return False
+    try:
+        number = decimal.Decimal(str(value))
+    except decimal.InvalidOperation:
+        return False
+    if not number.is_finite():
+        return False
+    _, digits, exponent = number.normalize().as_tuple()
+    scale = max(-exponent, 0)
+    integer_digits = max(len(digits) + exponent, 0)
+    return (
+        scale <= column_type.scale and integer_digits <= column_type.precision - column_type.scale
+    )
 
 
 def _rechunk(batch: pa.RecordBatch, batch_rows: int) -> Iterator[pa.RecordBatch]:

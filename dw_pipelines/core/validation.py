@@ -12,8 +12,9 @@ from dw_pipelines.core.contracts import ColumnSpec, DatasetContract
 from dw_pipelines.core.errors import ContractViolation
 from dw_pipelines.core.readers import SourceFile
 
-# An ISO-8601 timestamp string that already carries its offset.
-_HAS_OFFSET = r"(Z|z|[+-]\d{2}(:?\d{2})?)$"
+# An ISO-8601 timestamp that already carries an offset after its time part.
+_HAS_OFFSET = r"[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?)$"
+_DATE_ONLY = r"^(\d{4}-\d{2}-\d{2})$"
 
 
 def conform_batch(
@@ -68,6 +69,8 @@ def _prepare(array: pa.Array, spec: ColumnSpec) -> pa.Array:
         return array
     trimmed = pc.utf8_trim_whitespace(array)
     if spec.type.name == "timestamp":
+        # A bare date is that day's midnight, UTC.
+        trimmed = pc.replace_substring_regex(trimmed, _DATE_ONLY, r"\1T00:00:00")
         has_offset = pc.match_substring_regex(trimmed, _HAS_OFFSET)
         with_utc = pc.binary_join_element_wise(trimmed, pa.scalar("Z"), "")
         trimmed = pc.if_else(pc.fill_null(has_offset, True), trimmed, with_utc)
