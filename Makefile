@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test dev lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 ## test: install, then run the whole suite against PostgreSQL (DW_TEST_DATABASE_URL, or a throwaway pgserver)
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## dev: the Dagster UI + daemon on the embedded default; run history kept in .dw/dagster-home
+dev: $(STAMP)
+	mkdir -p .dw/dagster-home
+	$(BIN)/dw-pipelines db upgrade
+	DAGSTER_HOME=$(CURDIR)/.dw/dagster-home $(BIN)/dagster dev
 
 lint: $(STAMP)
 	$(BIN)/ruff check dw_pipelines dw_pipelines_tests

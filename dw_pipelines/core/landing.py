@@ -33,7 +33,7 @@ class LandingZone:
         if not any(real == root or real.is_relative_to(root) for root in self.roots):
             roots = ", ".join(str(r) for r in self.roots) or "(none configured)"
             raise SourceError(
-                f"source_uri '{source_uri}' resolves to {real}, outside the landing roots: {roots}"
+                f"source_uri '{source_uri}': resolves to {real}, outside the landing roots: {roots}"
             )
         if not real.exists():
             raise SourceError(f"source_uri '{source_uri}': file {real} does not exist")

@@ -286,7 +286,7 @@ class DwIngestionJobQueue:
 
     def sent_before(self, cutoff: datetime, limit: int) -> list[OutboxJob]:
         """SENT rows untouched since `cutoff`: candidates whose run may never have been created."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = (
                 conn.execute(
                     sa.select(outbox)
@@ -382,7 +382,7 @@ class DwIngestionJobQueue:
     # ------------------------------------------------------------------------------ reads
 
     def get(self, job_id: str) -> OutboxJob:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return self._get(conn, job_id)
 
     def list_jobs(self, status: str | None = None, limit: int = 100) -> list[OutboxJob]:
@@ -447,7 +447,7 @@ class DwIngestionJobQueue:
                 raise InvalidTransition(
                     f"job {job_id}: cannot go from {current.status} to {to_status} ({event})"
                 )
-            if require_run and run_id is not None and current.dagster_run_id != run_id:
+            if require_run and current.dagster_run_id != run_id:
                 raise InvalidTransition(
                     f"job {job_id}: run {run_id} no longer holds the job "
                     f"(held by run {current.dagster_run_id})"
