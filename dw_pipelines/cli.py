@@ -4,10 +4,13 @@ Every command reads its configuration from the `DW_*` environment (see README). 
 JSON document on stdout; errors print one line on stderr and exit with status 1 (2 for usage).
 """
 
+import getpass
 import json
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 import click
@@ -210,6 +213,92 @@ def outbox_show(job_id: str, as_json: bool) -> None:
             ],
         )
     )
+
+
+@outbox.command(
+    "retry",
+    help=(
+        "Reprocess a FAILED job: reset its bookkeeping (audited REQUEUED with the operator) and "
+        "launch a new dw_ingestion_job run for it through the Dagster instance in DAGSTER_HOME. "
+        "The sensor cannot do this: a job's run key stays used even by a failed run. Storage "
+        "is never duplicated (append replaces the job's rows, merge upserts)."
+    ),
+)
+@click.argument("job_id")
+@click.option(
+    "--operator",
+    default=lambda: getpass.getuser(),
+    show_default="the login name",
+    help="Who asks (kept in the audit trail and the run's tags).",
+)
+@click.option("--allow-completed", is_flag=True, help="Reprocess a COMPLETED job too.")
+@click.option(
+    "-w",
+    "--workspace",
+    "workspace_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Dagster workspace.yaml to load the code location from [default: the installed module].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the job and run as JSON.")
+@_errors_to_exit_code
+def outbox_retry(
+    job_id: str, operator: str, allow_completed: bool, workspace_file: Path | None, as_json: bool
+) -> None:
+    from dw_pipelines.launch import (
+        TAG_REQUEUED_BY,
+        instance_from_environment,
+        launch_job_run,
+        new_run_id,
+    )
+    from dw_pipelines.services import build_queue
+
+    queue = build_queue(_settings())
+    try:
+        queue.get(job_id)
+        instance = instance_from_environment()
+        run_id = new_run_id()
+        job = queue.requeue(job_id, run_id, operator, allow_completed=allow_completed)
+        try:
+            run = launch_job_run(
+                instance, job, run_id, workspace_file, extra_tags={TAG_REQUEUED_BY: operator}
+            )
+        except Exception as exc:
+            queue.reconcile(job_id, run_id, "FAILED", f"could not launch run {run_id}: {exc}")
+            raise
+        job = queue.get(job_id)
+    finally:
+        queue.engine.dispose()
+    if as_json:
+        _print_json({**job.to_dict(), "run_id": run.run_id, "run_status": run.status.value})
+    else:
+        click.echo(
+            f"requeued {job_id} by {operator}: run {run.run_id} submitted ({run.status.value}); "
+            f"job is {job.status}"
+        )
+
+
+@outbox.command(
+    "prune",
+    help="Delete COMPLETED jobs older than N days. FAILED jobs and the audit trail are kept.",
+)
+@click.option("--older-than-days", type=click.IntRange(min=0), default=30, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the count as JSON.")
+@_errors_to_exit_code
+def outbox_prune(older_than_days: int, as_json: bool) -> None:
+    from dw_pipelines.core.db import utcnow
+    from dw_pipelines.services import build_queue
+
+    queue = build_queue(_settings())
+    cutoff = utcnow() - timedelta(days=older_than_days)
+    try:
+        deleted = queue.prune_completed(cutoff)
+    finally:
+        queue.engine.dispose()
+    if as_json:
+        _print_json({"deleted": deleted, "cutoff": cutoff.isoformat()})
+    else:
+        click.echo(f"deleted {deleted} COMPLETED job(s) last updated before {cutoff.isoformat()}")
 
 
 @main.command(help="Run the whole worker locally on the embedded default and show the result.")

@@ -11,25 +11,19 @@ from dw_pipelines.defs.assets import dataset_assets
 from dw_pipelines.defs.jobs import ingestion_job
 from dw_pipelines.defs.partitions import business_date_partitions
 from dw_pipelines.defs.resources import DwResource
-from dw_pipelines.defs.sensors import outbox_sensor
+from dw_pipelines.defs.sensors import outbox_sensor, reconciler_sensor
 from dw_pipelines.services import load_contracts
 from dw_pipelines.settings import Settings
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     contracts = load_contracts(settings)
-    retry_policy = dg.RetryPolicy(
-        max_retries=settings.retry_max_retries,
-        delay=settings.retry_base_delay_seconds,
-        backoff=dg.Backoff.EXPONENTIAL,
-        jitter=dg.Jitter.PLUS_MINUS,
-    )
     warehouse_kind = sa.make_url(settings.warehouse_url).get_backend_name()
     assets = [
         asset
         for contract in contracts
         for asset in dataset_assets(
-            contract, business_date_partitions, retry_policy, warehouse_kind
+            contract, business_date_partitions, settings.retry_policy, warehouse_kind
         )
     ]
     job = ingestion_job(assets)
@@ -41,7 +35,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=assets,
         jobs=[job],
-        sensors=[outbox_sensor(job, settings, contracts)],
+        sensors=[outbox_sensor(job, settings, contracts), reconciler_sensor(settings)],
         resources={"dw": resource},
     )
 

@@ -2,6 +2,7 @@
 
 from dw_pipelines.core.contracts import ContractRegistry
 from dw_pipelines.core.db import create_db_engine
+from dw_pipelines.core.faults import Faults, parse_faults
 from dw_pipelines.core.ingestion import IngestionService
 from dw_pipelines.core.landing import LandingZone
 from dw_pipelines.core.outbox import DwIngestionJobQueue
@@ -29,7 +30,10 @@ def build_service(settings: Settings) -> IngestionService:
     queue = build_queue(settings, contracts)
     return IngestionService(
         queue,
-        Warehouse(create_warehouse_engine(settings.warehouse_url)),
+        Warehouse(
+            create_warehouse_engine(settings.warehouse_url),
+            Faults(parse_faults(settings.fault_injection)),
+        ),
         contracts,
         queue.landing,
         batch_rows=settings.read_batch_rows,

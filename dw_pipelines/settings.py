@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dw_pipelines.core.errors import ConfigurationError
+from dw_pipelines.core.retry import RetryPolicy
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SHIPPED_DATASETS_DIR = PACKAGE_DIR / "datasets"
@@ -50,6 +51,12 @@ class Settings:
     retry_base_delay_seconds: float = 10.0
     retry_max_delay_seconds: float = 3600.0
     read_batch_rows: int = 65_536
+    # A run refreshes its PROCESSING rows' heartbeat this often ...
+    heartbeat_seconds: float = 30.0
+    # ... and the reconciler calls a run dead when its beat is older than this.
+    reconcile_after_seconds: int = 300
+    reconcile_interval_seconds: int = 60
+    fault_injection: str = ""
     database_url_from_env: bool = False
     warehouse_url_from_env: bool = False
 
@@ -93,8 +100,20 @@ class Settings:
             retry_base_delay_seconds=_float(env, "DW_RETRY_BASE_DELAY_SECONDS", 10.0),
             retry_max_delay_seconds=_float(env, "DW_RETRY_MAX_DELAY_SECONDS", 3600.0),
             read_batch_rows=_int(env, "DW_READ_BATCH_ROWS", 65_536, minimum=1),
+            heartbeat_seconds=_float(env, "DW_HEARTBEAT_SECONDS", 30.0),
+            reconcile_after_seconds=_int(env, "DW_RECONCILE_AFTER_SECONDS", 300, minimum=1),
+            reconcile_interval_seconds=_int(env, "DW_RECONCILE_INTERVAL_SECONDS", 60, minimum=1),
+            fault_injection=env.get("DW_FAULT_INJECTION", ""),
             database_url_from_env=bool(database_url_raw),
             warehouse_url_from_env=bool(warehouse_url_raw),
+        )
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_retries=self.retry_max_retries,
+            base_delay_seconds=self.retry_base_delay_seconds,
+            max_delay_seconds=self.retry_max_delay_seconds,
         )
 
 

@@ -41,6 +41,8 @@ outbox = sa.Table(
     sa.Column("rows_loaded", sa.BigInteger(), nullable=True),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
+    # Refreshed by the run that holds a PROCESSING job; a stale beat means the run died.
+    sa.Column("heartbeat_at", Timestamp, nullable=True),
     sa.UniqueConstraint("idempotency_key", name="uq_dw_ingestion_outbox_idempotency_key"),
     sa.CheckConstraint(
         "status IN ('PENDING', 'SENT', 'PROCESSING', 'COMPLETED', 'FAILED')",

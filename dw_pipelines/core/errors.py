@@ -82,3 +82,26 @@ class TransientError(DwError):
     """Worth retrying: the same operation may succeed later."""
 
     permanent = False
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether retrying `exc` is pointless.
+
+    Our own errors say so themselves. Data the database refuses (bad value, constraint) and
+    malformed payloads are permanent; lost connections, lock and statement timeouts and other I/O
+    trouble are transient. Anything unknown is retried: a retry is cheap, a lost job is not.
+    """
+    if isinstance(exc, DwError):
+        return exc.permanent
+    import pydantic
+    import sqlalchemy.exc
+
+    if isinstance(exc, (sqlalchemy.exc.DataError, sqlalchemy.exc.IntegrityError)):
+        return True
+    if isinstance(exc, pydantic.ValidationError):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(exc, (psycopg.DataError, psycopg.IntegrityError))

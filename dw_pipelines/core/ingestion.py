@@ -6,7 +6,6 @@ storage rows, and the staged rows are only discarded once the outbox says COMPLE
 the storage step after a crash promotes the same rows again.
 """
 
-import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,7 +79,10 @@ class IngestionService:
         self.batch_rows = batch_rows
 
     def start(self, job_id: str, run_id: str, dataset: str | None = None) -> OutboxJob:
-        """The run takes the job (PROCESSING). `dataset` guards against a mis-targeted run."""
+        """The run takes the job (PROCESSING), or keeps it if it already holds it.
+
+        `dataset` guards against a run aimed at another dataset's assets.
+        """
         job = self.queue.get(job_id)
         if dataset is not None and job.dataset != dataset:
             raise InvalidTransition(
@@ -106,6 +108,8 @@ class IngestionService:
                 yield batch
 
         rows = self.warehouse.load_staging(contract, job.job_id, conformed())
+        if rows == 0:
+            raise ContractViolation("the file has a header but no data rows", source=source.name)
         self._check_unique_keys(contract, job.job_id, source)
         result = StageResult(
             job_id=job.job_id,
@@ -142,10 +146,18 @@ class IngestionService:
             column=",".join(contract.primary_key),
         )
 
-    def promote(self, job_id: str, run_id: str) -> PromoteResult:
-        """Atomically write the staged rows into storage, then mark the job COMPLETED."""
+    def promote(self, job_id: str, run_id: str, dataset: str | None = None) -> PromoteResult:
+        """Atomically write the staged rows into storage, then mark the job COMPLETED.
+
+        The run takes the job first if it does not hold it yet (a re-execution of the storage
+        step), but only once it knows there is something to promote.
+        """
         started = time.monotonic()
         job = self.queue.get(job_id)
+        if dataset is not None and job.dataset != dataset:
+            raise InvalidTransition(
+                f"job {job_id} belongs to dataset '{job.dataset}', not '{dataset}'"
+            )
         contract = self.contracts.get(job.dataset)
         staged = self.warehouse.staged_rows(contract, job_id)
         if staged == 0 and self._last_staged_rows(job_id) != 0:
@@ -155,6 +167,7 @@ class IngestionService:
                 f"job {job_id}: no staged rows to promote; materialize staging/{job.dataset} "
                 "for this job first"
             )
+        self.queue.start(job_id, run_id)
         written = self.warehouse.promote(
             contract, job_id, job.tenant_id, loaded_at=self.queue.clock()
         )
@@ -178,11 +191,12 @@ class IngestionService:
         return None
 
     def fail(self, job_id: str, run_id: str, error: str) -> OutboxJob:
-        """Mark FAILED and drop whatever the job staged. Storage is never touched."""
-        job = self.queue.fail(job_id, run_id, error)
-        if job.dataset in self.contracts:
-            # Staging is scratch that the next load replaces; failing to clean it must not hide
-            # the original error.
-            with contextlib.suppress(Exception):
-                self.warehouse.discard_staging(self.contracts.get(job.dataset), job_id)
-        return job
+        """Mark FAILED. Storage is never touched.
+
+        Staging keeps what a failed promotion left (validated rows), so a re-execution of the
+        storage step can promote it; invalid loads never commit to staging in the first place.
+        """
+        return self.queue.fail(job_id, run_id, error)
+
+    def heartbeat(self, run_id: str) -> int:
+        return self.queue.heartbeat(run_id)

@@ -3,7 +3,11 @@
 State machine of a row (every change also appends one audit row, in the same transaction)::
 
     (enqueue) -> PENDING -(sensor claims)-> SENT -(run starts)-> PROCESSING -> COMPLETED
-                                                                          \\-> FAILED
+                                             ^                   |  ^    \\-> FAILED (dead letter)
+                 (outbox retry: REQUEUED) ---+                   +--+ RETRY_SCHEDULED (same run)
+
+`attempts` counts attempts: the first start makes it 1, each scheduled retry adds one, and a
+FAILED row that used its whole budget has `attempts == max_retries + 1`.
 
 Guarantees:
 
@@ -40,6 +44,11 @@ STAGED = "STAGED"
 PROMOTED = "PROMOTED"
 COMPLETED = "COMPLETED"
 FAILED = "FAILED"
+RETRY_SCHEDULED = "RETRY_SCHEDULED"
+DEAD_LETTERED = "DEAD_LETTERED"
+REQUEUED = "REQUEUED"
+RECONCILED = "RECONCILED"
+IN_FLIGHT_STATUSES = ("SENT", "PROCESSING")
 
 MAX_ERROR_LENGTH = 4000
 
@@ -62,10 +71,12 @@ class OutboxJob:
     rows_loaded: int | None
     created_at: datetime
     updated_at: datetime
+    heartbeat_at: datetime | None = None
 
     @property
     def command(self) -> DwIngestionCommand:
-        return DwIngestionCommand.model_validate(self.payload)
+        """The stored command, validated again: rows may come from non-Python gateways."""
+        return DwIngestionCommand.parse(self.payload)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "OutboxJob":
@@ -84,6 +95,7 @@ class OutboxJob:
             rows_loaded=row["rows_loaded"],
             created_at=as_utc(row["created_at"]),
             updated_at=as_utc(row["updated_at"]),
+            heartbeat_at=as_utc(row["heartbeat_at"]),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,6 +113,7 @@ class OutboxJob:
             "rows_loaded": self.rows_loaded,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
+            "heartbeat_at": self.heartbeat_at.isoformat() if self.heartbeat_at else None,
             "payload": self.payload,
         }
 
@@ -322,7 +335,15 @@ class DwIngestionJobQueue:
     # -------------------------------------------------------------------------------- runs
 
     def start(self, job_id: str, run_id: str) -> OutboxJob:
-        """The run `run_id` takes the job: PROCESSING, attempts + 1."""
+        """The run `run_id` takes the job: PROCESSING, attempts + 1, fresh heartbeat.
+
+        A no-op when the run already holds it (an op retry, or the next step of the same run).
+        Any other run takes it over (UI re-execution, backfill, manual retry): the newest run
+        is the one the row follows.
+        """
+        current = self.get(job_id)
+        if current.status == "PROCESSING" and current.dagster_run_id == run_id:
+            return current
         return self._transition(
             job_id,
             run_id,
@@ -330,9 +351,110 @@ class DwIngestionJobQueue:
             to_status="PROCESSING",
             allowed_from=("PENDING", "SENT", "PROCESSING", "COMPLETED", "FAILED"),
             attempt_increment=1,
-            changes={"dagster_run_id": run_id, "last_error": None, "rows_loaded": None},
+            changes={
+                "dagster_run_id": run_id,
+                "last_error": None,
+                "rows_loaded": None,
+                "heartbeat_at": self.clock(),
+            },
+            require_run=False,
+            details={"previous_run_id": current.dagster_run_id}
+            if current.dagster_run_id and current.dagster_run_id != run_id
+            else None,
+        )
+
+    def schedule_retry(
+        self, job_id: str, run_id: str, error: str, delay_seconds: float, retry_number: int
+    ) -> OutboxJob:
+        """A transient failure the run will retry itself after `delay_seconds`."""
+        return self._transition(
+            job_id,
+            run_id,
+            RETRY_SCHEDULED,
+            to_status="PROCESSING",
+            allowed_from=("PROCESSING",),
+            attempt_increment=1,
+            changes={
+                "last_error": error[:MAX_ERROR_LENGTH],
+                "next_attempt_at": self.clock() + timedelta(seconds=delay_seconds),
+            },
+            details={
+                "error": error[:MAX_ERROR_LENGTH],
+                "delay_seconds": round(delay_seconds, 3),
+                "retry_number": retry_number,
+            },
+        )
+
+    def dead_letter(self, job_id: str, run_id: str, error: str, attempts: int) -> OutboxJob:
+        """Retries exhausted: FAILED, the dead-letter state, kept until an operator acts."""
+        return self._transition(
+            job_id,
+            run_id,
+            DEAD_LETTERED,
+            to_status="FAILED",
+            allowed_from=("PROCESSING",),
+            changes={"last_error": error[:MAX_ERROR_LENGTH]},
+            details={"error": error[:MAX_ERROR_LENGTH], "attempts": attempts},
+        )
+
+    def requeue(
+        self, job_id: str, run_id: str, operator: str, *, allow_completed: bool = False
+    ) -> OutboxJob:
+        """Manual reprocessing: reset the bookkeeping and hand the job to run `run_id`.
+
+        The sensor cannot re-dispatch a job (its run key is used up), so the caller launches
+        `run_id` itself; the row waits for it in SENT.
+        """
+        allowed = ("FAILED", "COMPLETED") if allow_completed else ("FAILED",)
+        current = self.get(job_id)
+        return self._transition(
+            job_id,
+            run_id,
+            REQUEUED,
+            to_status="SENT",
+            allowed_from=allowed,
+            attempt_increment=-current.attempts,
+            changes={
+                "dagster_run_id": run_id,
+                "last_error": None,
+                "rows_loaded": None,
+                "next_attempt_at": self.clock(),
+                "heartbeat_at": None,
+            },
+            details={
+                "operator": operator,
+                "previous_status": current.status,
+                "previous_run_id": current.dagster_run_id,
+                "previous_attempts": current.attempts,
+                "previous_error": current.last_error,
+            },
             require_run=False,
         )
+
+    def reconcile(self, job_id: str, run_id: str | None, to_status: str, reason: str) -> OutboxJob:
+        """The reconciler settles an in-flight row whose run ended without writing back."""
+        changes: dict[str, Any] = {}
+        if to_status == "FAILED":
+            changes["last_error"] = reason[:MAX_ERROR_LENGTH]
+        return self._transition(
+            job_id,
+            run_id,
+            RECONCILED,
+            to_status=to_status,
+            allowed_from=IN_FLIGHT_STATUSES,
+            changes=changes,
+            details={"reason": reason[:MAX_ERROR_LENGTH], "run_id": run_id},
+            require_run=False,
+        )
+
+    def heartbeat(self, run_id: str) -> int:
+        """Refresh the heartbeat of every PROCESSING row held by `run_id`; returns rows touched."""
+        with self._connection(None) as conn:
+            return conn.execute(
+                outbox.update()
+                .where(outbox.c.dagster_run_id == run_id, outbox.c.status == "PROCESSING")
+                .values(heartbeat_at=self.clock())
+            ).rowcount
 
     def record_step(self, job_id: str, run_id: str, event: str, details: dict[str, Any]) -> None:
         """Audit a step inside PROCESSING (e.g. STAGED) without changing the status."""
@@ -411,6 +533,73 @@ class DwIngestionJobQueue:
                 )
                 for r in rows
             ]
+
+    def in_flight(self, limit: int) -> list[OutboxJob]:
+        """SENT and PROCESSING rows, least recently touched first (the reconciler's input)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(outbox)
+                .where(outbox.c.status.in_(IN_FLIGHT_STATUSES))
+                .order_by(outbox.c.updated_at, outbox.c.job_id)
+                .limit(limit)
+            ).mappings()
+            return [OutboxJob.from_row(r) for r in rows]
+
+    def jobs_for_partition(
+        self, dataset: str, business_date: date, statuses: Sequence[str]
+    ) -> list[OutboxJob]:
+        """A partition's jobs in the given statuses, in enqueue order (backfills)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(outbox)
+                .where(
+                    outbox.c.dataset == dataset,
+                    outbox.c.business_date == business_date,
+                    outbox.c.status.in_(list(statuses)),
+                )
+                .order_by(outbox.c.created_at, outbox.c.job_id)
+            ).mappings()
+            return [OutboxJob.from_row(r) for r in rows]
+
+    def jobs_held_by(self, run_ids: Sequence[str], dataset: str) -> list[OutboxJob]:
+        """PROCESSING jobs of `dataset` held by any of `run_ids`, in enqueue order."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(outbox)
+                .where(
+                    outbox.c.dataset == dataset,
+                    outbox.c.status == "PROCESSING",
+                    outbox.c.dagster_run_id.in_(list(run_ids)),
+                )
+                .order_by(outbox.c.created_at, outbox.c.job_id)
+            ).mappings()
+            return [OutboxJob.from_row(r) for r in rows]
+
+    def prune_completed(self, older_than: datetime, batch_size: int = 1000) -> int:
+        """Delete COMPLETED rows last updated before `older_than`, in small batches.
+
+        FAILED rows (dead letters) and the audit trail are kept. Small batches keep each delete's
+        locks and WAL short on a busy queue table.
+        """
+        total = 0
+        while True:
+            with self._connection(None) as conn:
+                batch = (
+                    sa.select(outbox.c.job_id)
+                    .where(outbox.c.status == "COMPLETED", outbox.c.updated_at < older_than)
+                    .limit(batch_size)
+                )
+                if self._is_postgres:
+                    batch = batch.with_for_update(skip_locked=True)
+                job_ids = list(conn.execute(batch).scalars())
+                if not job_ids:
+                    return total
+                conn.execute(
+                    outbox.delete().where(
+                        outbox.c.job_id.in_(job_ids), outbox.c.status == "COMPLETED"
+                    )
+                )
+                total += len(job_ids)
 
     def count_by_status(self) -> dict[str, int]:
         with self._read() as conn:

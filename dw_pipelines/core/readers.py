@@ -111,12 +111,37 @@ def _jsonl_line_of_row(path: Path, row: int) -> int | None:
     return None
 
 
+_MAGIC = {
+    b"\x1f\x8b": ".gz",
+    b"BZh": ".bz2",
+    b"\x28\xb5\x2f\xfd": ".zst",
+    b"\x04\x22\x4d\x18": ".lz4",
+}
+
+
 def open_source(path: Path, fmt: str, csv_options: CsvOptions | None = None) -> SourceFile:
+    """Check the file can be read as `fmt` before any parsing: present, not empty, not disguised."""
     try:
         size = os.stat(path).st_size
+        with open(path, "rb") as handle:
+            head = handle.read(4)
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
+    if size == 0:
+        raise SourceError(f"{path.name}: the file is empty (0 bytes)")
+    if fmt in ("csv", "jsonl"):
+        for magic, suffix in _MAGIC.items():
+            if head.startswith(magic) and not path.name.lower().endswith(suffix):
+                raise SourceError(
+                    f"{path.name}: the file is {suffix[1:]}-compressed but not named so; "
+                    f"name it {path.name}{suffix} to have it decompressed"
+                )
     return SourceFile(path=path, format=fmt, size_bytes=size, csv=csv_options or CsvOptions())
+
+
+# Text is parsed a block at a time: a block bounds the memory of one parse step, and no single
+# row may be larger than one block.
+READ_BLOCK_BYTES = 8 << 20
 
 
 def read_batches(
@@ -164,7 +189,7 @@ def _read_csv(
 ) -> Iterator[pa.RecordBatch]:
     options = contract.csv
     # ~1 KiB per row is generous for warehouse rows; pyarrow's block size bounds memory per batch.
-    block_size = max(1 << 20, min(batch_rows * 512, 64 << 20))
+    block_size = READ_BLOCK_BYTES
     bad_rows: list[pacsv.InvalidRow] = []
 
     def on_invalid_row(row: pacsv.InvalidRow) -> str:
@@ -177,7 +202,10 @@ def _read_csv(
             stream,
             read_options=pacsv.ReadOptions(block_size=block_size, encoding=options.encoding),
             parse_options=pacsv.ParseOptions(
-                delimiter=options.delimiter, invalid_row_handler=on_invalid_row
+                delimiter=options.delimiter,
+                # Quoted values may hold line breaks (addresses, notes): valid CSV.
+                newlines_in_values=True,
+                invalid_row_handler=on_invalid_row,
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in contract.column_names},
@@ -219,6 +247,12 @@ def _csv_error(
             row=row,
         )
     message = str(exc).splitlines()[0]
+    if "straddling" in message or "block size" in message:
+        return ContractViolation(
+            f"a row is larger than the read block of {READ_BLOCK_BYTES} bytes "
+            "(an oversize value, or an unbalanced quote that runs to the end of the file)",
+            source=source.name,
+        )
     if isinstance(exc, UnicodeDecodeError) or "invalid utf" in message.lower():
         return SourceError(f"{source.name}: not valid text in the declared encoding: {message}")
     return ContractViolation(f"unreadable CSV: {message}", source=source.name)
@@ -254,9 +288,7 @@ def _read_jsonl(
         stream = pa.input_stream(str(source.path), compression="detect")
         reader = pajson.open_json(
             stream,
-            read_options=pajson.ReadOptions(
-                block_size=max(1 << 20, min(batch_rows * 512, 64 << 20))
-            ),
+            read_options=pajson.ReadOptions(block_size=READ_BLOCK_BYTES),
             parse_options=pajson.ParseOptions(
                 explicit_schema=schema, unexpected_field_behavior="error"
             ),

@@ -42,6 +42,12 @@ def conform_batch(
             raise _violation(
                 source, first_row + index, spec, "is empty but the column is not nullable"
             )
+        if pa.types.is_string(converted.type):
+            # PostgreSQL text cannot hold NUL; refuse it here, with its place, not at COPY time.
+            has_nul = pc.match_substring(converted, "\x00")
+            if pc.any(has_nul).as_py():
+                index = pc.index(has_nul, True).as_py()
+                raise _violation(source, first_row + index, spec, "contains a NUL (0x00) byte")
         arrays.append(converted)
     return pa.RecordBatch.from_arrays(arrays, schema=contract.arrow_schema)
 

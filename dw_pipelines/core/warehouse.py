@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from dw_pipelines.core.contracts import ColumnType, DatasetContract
 from dw_pipelines.core.db import create_db_engine
 from dw_pipelines.core.errors import ConfigurationError
+from dw_pipelines.core.faults import NO_FAULTS, Faults
 
 STAGING_SCHEMA = "dw_staging"
 STORAGE_SCHEMA = "dw_storage"
@@ -108,8 +109,9 @@ def create_warehouse_engine(url: str) -> Engine:
 class Warehouse:
     """Staging and storage tables of the datasets, on one engine."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, faults: Faults = NO_FAULTS):
         self.engine = engine
+        self.faults = faults
         self.dialect = engine.dialect.name
         self._metadata = sa.MetaData()
         self._tables: dict[str, DatasetTables] = {}
@@ -212,6 +214,7 @@ class Warehouse:
         numbered = _with_lineage(batches, job_id)
         with self.engine.begin() as conn:
             conn.execute(tables.staging.delete().where(tables.staging.c[JOB_ID_COLUMN] == job_id))
+            self.faults.hit("staging.copy", conn.connection.driver_connection)
             if self.dialect == "postgresql":
                 return self._copy_into(conn, tables.staging, numbered)
             return self._executemany_into(conn, tables.staging, numbered)
@@ -328,7 +331,9 @@ class Warehouse:
                     index_elements=[TENANT_COLUMN, *contract.primary_key],
                     set_={c: upsert.excluded[c] for c in target_columns if c not in key},
                 )
-            return conn.execute(statement).rowcount
+            written = conn.execute(statement).rowcount
+            self.faults.hit("promote.before_commit", conn.connection.driver_connection)
+            return written
 
     def storage_rows(self, contract: DatasetContract, job_id: str | None = None) -> int:
         storage = self.ensure_tables(contract).storage

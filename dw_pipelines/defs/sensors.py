@@ -1,5 +1,7 @@
 """`dw_outbox_sensor`: the outbox relay. Claims due PENDING rows and requests one run per job.
 
+`dw_outbox_reconciler` (below) settles in-flight rows whose run ended without writing back.
+
 Crash safety, at every point of a tick:
 
 * The claim (PENDING -> SENT) commits inside the evaluation. If the daemon dies before it records
@@ -12,13 +14,16 @@ Crash safety, at every point of a tick:
 """
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from dw_pipelines.core.contracts import ContractRegistry
 from dw_pipelines.core.db import utcnow
-from dw_pipelines.core.outbox import OutboxJob, redispatch_cutoff
+from dw_pipelines.core.errors import InvalidTransition
+from dw_pipelines.core.outbox import DwIngestionJobQueue, OutboxJob, redispatch_cutoff
+from dw_pipelines.core.reconcile import COMPLETE, FAIL_DEAD_RUN, Decision, RunInfo, decide
 from dw_pipelines.defs.assets import staging_key, storage_key
 from dw_pipelines.defs.partitions import business_date_partitions
 from dw_pipelines.defs.resources import DwResource
@@ -100,3 +105,78 @@ def _undispatchable(job: OutboxJob, contracts: ContractRegistry) -> str | None:
     if not business_date_partitions.has_partition_key(key):
         return f"business_date: {key} is not a partition of the ingestion assets"
     return None
+
+
+RECONCILER_NAME = "dw_outbox_reconciler"
+RECONCILE_BATCH = 500
+
+
+def reconciler_sensor(settings: Settings) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=RECONCILER_NAME,
+        minimum_interval_seconds=settings.reconcile_interval_seconds,
+        default_status=dg.DefaultSensorStatus[settings.sensor_default_status],
+        description=(
+            "Settles SENT/PROCESSING outbox rows whose Dagster run succeeded, failed, was "
+            "canceled or died (no heartbeat for "
+            f"{settings.reconcile_after_seconds}s) without writing back."
+        ),
+    )
+    def dw_outbox_reconciler(context: dg.SensorEvaluationContext, dw: DwResource) -> dg.SkipReason:
+        queue = dw.queue
+        rows = queue.in_flight(RECONCILE_BATCH)
+        runs = runs_by_job(context.instance, rows)
+        now = utcnow()
+        stale_after = timedelta(seconds=settings.reconcile_after_seconds)
+        settled = []
+        for job in rows:
+            decision = decide(job, runs.get(job.job_id, []), now, stale_after)
+            if decision is None:
+                continue
+            try:
+                apply_decision(context.instance, queue, decision)
+            except InvalidTransition:
+                continue  # the row moved on since we read it: nothing to settle
+            settled.append(f"{job.job_id}: {decision.action}")
+            context.log.warning(
+                f"job_id={job.job_id} dataset={job.dataset} run_id={decision.run_id}: "
+                f"{decision.action}: {decision.reason}"
+            )
+        return dg.SkipReason(
+            f"checked {len(rows)} in-flight job(s); settled {len(settled)}"
+            + (": " + "; ".join(settled) if settled else "")
+        )
+
+    return dw_outbox_reconciler
+
+
+def runs_by_job(
+    instance: dg.DagsterInstance, jobs: Sequence[OutboxJob]
+) -> dict[str, list[RunInfo]]:
+    """Every Dagster run of the given jobs, in one run-storage query."""
+    if not jobs:
+        return {}
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(tags={TAG_JOB_ID: [job.job_id for job in jobs]})
+    )
+    found: dict[str, list[RunInfo]] = {}
+    for record in records:
+        run = record.dagster_run
+        found.setdefault(run.tags[TAG_JOB_ID], []).append(
+            RunInfo(run.run_id, run.status.value, record.create_timestamp.timestamp())
+        )
+    return found
+
+
+def apply_decision(
+    instance: dg.DagsterInstance, queue: DwIngestionJobQueue, decision: Decision
+) -> None:
+    if decision.action == COMPLETE:
+        queue.reconcile(decision.job_id, decision.run_id, "COMPLETED", decision.reason)
+        return
+    if decision.action == FAIL_DEAD_RUN and decision.run_id:
+        run = instance.get_run_by_id(decision.run_id)
+        if run is not None and run.status == dg.DagsterRunStatus.STARTED:
+            # Frees the run's concurrency slot and shows the truth in the UI.
+            instance.report_run_failed(run, decision.reason)
+    queue.reconcile(decision.job_id, decision.run_id, "FAILED", decision.reason)

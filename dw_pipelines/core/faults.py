@@ -1,0 +1,69 @@
+"""Fault injection for tests of crash and retry behaviour: named checkpoints on the data path.
+
+`DW_FAULT_INJECTION` (read by settings) holds `point=action[*times]` entries separated by commas,
+e.g. `staging.copy=terminate-backend*2,promote.before_commit=kill`. Actions:
+
+* `kill`: SIGKILL this process (a crashed run: OOM, node loss).
+* `terminate-backend`: the database backend of the current connection is terminated with
+  `pg_terminate_backend` (a lost connection, as in a failover).
+* `raise`: raise `TransientError`.
+
+`times` (default 1) counts per process. Unset in production: every checkpoint is then a no-op.
+"""
+
+import os
+import signal
+from collections import Counter
+from dataclasses import dataclass
+
+from dw_pipelines.core.errors import ConfigurationError, TransientError
+
+ACTIONS = ("kill", "terminate-backend", "raise")
+_hits: Counter[str] = Counter()
+
+
+@dataclass(frozen=True)
+class Fault:
+    point: str
+    action: str
+    times: int = 1
+
+
+def parse_faults(spec: str | None) -> tuple[Fault, ...]:
+    faults = []
+    for entry in (spec or "").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        point, _, rest = entry.partition("=")
+        action, _, times = rest.partition("*")
+        if not point or action not in ACTIONS:
+            raise ConfigurationError(
+                f"DW_FAULT_INJECTION entry '{entry}': expected point=action[*times] with action "
+                f"one of {', '.join(ACTIONS)}"
+            )
+        faults.append(Fault(point, action, int(times) if times else 1))
+    return tuple(faults)
+
+
+class Faults:
+    def __init__(self, faults: tuple[Fault, ...] = ()):
+        self._faults = {f.point: f for f in faults}
+
+    def hit(self, point: str, dbapi_connection=None) -> None:
+        """Trigger the fault planned for `point`, if any and not used up."""
+        fault = self._faults.get(point)
+        if fault is None or _hits[point] >= fault.times:
+            return
+        _hits[point] += 1
+        if fault.action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif fault.action == "terminate-backend" and dbapi_connection is not None:
+            # A second connection would be needed to terminate another backend; terminating our
+            # own makes the *next* statement on this connection fail like a real failover.
+            dbapi_connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        else:
+            raise TransientError(f"injected fault at {point}")
+
+
+NO_FAULTS = Faults()

@@ -1,0 +1,107 @@
+"""Launch a `dw_ingestion_job` run for one outbox job without the sensor.
+
+The sensor can launch a job only once (its run key is used up even by a FAILED run), so manual
+reprocessing creates the run itself, the way `dagster job launch` does: through the code
+location (so the run carries its origin and any run launcher can start it, K8s Jobs included)
+and the instance's run coordinator (so concurrency limits apply).
+"""
+
+import uuid
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.definitions.selector import JobSubsetSelector
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import ModuleTarget, WorkspaceFileTarget
+
+from dw_pipelines.core.errors import ConfigurationError
+from dw_pipelines.core.outbox import OutboxJob
+from dw_pipelines.defs.assets import staging_key, storage_key
+from dw_pipelines.settings import (
+    CODE_LOCATION_NAME,
+    INGESTION_JOB_NAME,
+    TAG_DATASET,
+    TAG_JOB_ID,
+    TAG_TENANT,
+)
+
+TAG_REQUEUED_BY = "dw/requeued_by"
+
+
+def new_run_id() -> str:
+    return str(uuid.uuid4())
+
+
+def instance_from_environment() -> dg.DagsterInstance:
+    try:
+        return dg.DagsterInstance.get()
+    except Exception as exc:
+        raise ConfigurationError(
+            "DAGSTER_HOME must name the Dagster instance the worker runs on "
+            f"(the folder with its dagster.yaml): {exc}"
+        ) from None
+
+
+def launch_job_run(
+    instance: dg.DagsterInstance,
+    job: OutboxJob,
+    run_id: str,
+    workspace_file: Path | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> dg.DagsterRun:
+    """Create and submit the run `run_id` that loads `job`; returns the submitted run."""
+    if workspace_file is not None:
+        target = WorkspaceFileTarget(paths=[str(workspace_file)])
+    else:
+        target = ModuleTarget(
+            module_name="dw_pipelines.definitions",
+            attribute=None,
+            working_directory=None,
+            location_name=CODE_LOCATION_NAME,
+        )
+    with WorkspaceProcessContext(instance, target) as process_context:
+        workspace = process_context.create_request_context()
+        location = workspace.get_code_location(CODE_LOCATION_NAME)
+        (repository,) = location.get_repositories().values()
+        asset_selection = [staging_key(job.dataset), storage_key(job.dataset)]
+        remote_job = location.get_job(
+            JobSubsetSelector(
+                location_name=location.name,
+                repository_name=repository.name,
+                job_name=INGESTION_JOB_NAME,
+                op_selection=None,
+                asset_selection=asset_selection,
+            )
+        )
+        plan = location.get_execution_plan(
+            remote_job, {}, step_keys_to_execute=None, known_state=None, instance=instance
+        )
+        tags = {
+            **(remote_job.run_tags or {}),
+            "dagster/partition": job.business_date.isoformat(),
+            TAG_JOB_ID: job.job_id,
+            TAG_DATASET: job.dataset,
+            TAG_TENANT: job.tenant_id,
+            **(extra_tags or {}),
+        }
+        run = instance.create_run(
+            job_name=INGESTION_JOB_NAME,
+            run_id=run_id,
+            run_config={},
+            resolved_op_selection=remote_job.resolved_op_selection,
+            step_keys_to_execute=None,
+            status=dg.DagsterRunStatus.NOT_STARTED,
+            op_selection=None,
+            root_run_id=None,
+            parent_run_id=None,
+            tags=tags,
+            job_snapshot=remote_job.job_snapshot,
+            execution_plan_snapshot=plan.execution_plan_snapshot,
+            parent_job_snapshot=remote_job.parent_job_snapshot,
+            remote_job_origin=remote_job.get_remote_origin(),
+            job_code_origin=remote_job.get_python_origin(),
+            asset_selection=frozenset(asset_selection),
+            asset_check_selection=None,
+            asset_graph=repository.asset_graph,
+        )
+        return instance.submit_run(run.run_id, workspace)
