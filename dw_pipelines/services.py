@@ -37,6 +37,7 @@ def build_service(settings: Settings) -> IngestionService:
         contracts,
         queue.landing,
         batch_rows=settings.read_batch_rows,
+        max_value_bytes=settings.max_value_bytes,
     )
 
 

@@ -50,7 +50,7 @@ class Faults:
     def __init__(self, faults: tuple[Fault, ...] = ()):
         self._faults = {f.point: f for f in faults}
 
-    def hit(self, point: str, dbapi_connection=None) -> None:
+    def hit(self, point: str, connection=None) -> None:
         """Trigger the fault planned for `point`, if any and not used up."""
         fault = self._faults.get(point)
         if fault is None or _hits[point] >= fault.times:
@@ -58,12 +58,17 @@ class Faults:
         _hits[point] += 1
         if fault.action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
-        elif fault.action == "terminate-backend" and dbapi_connection is not None:
-            # A second connection would be needed to terminate another backend; terminating our
-            # own makes the *next* statement on this connection fail like a real failover.
-            dbapi_connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        elif fault.action == "terminate-backend" and connection is not None:
+            # The backend serving this SQLAlchemy connection dies mid-transaction, as in a
+            # failover; SQLAlchemy sees the disconnect and invalidates the pooled connection.
+            connection.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
         else:
             raise TransientError(f"injected fault at {point}")
 
 
 NO_FAULTS = Faults()
+
+
+def reset_fault_counters() -> None:
+    """Forget how often each checkpoint fired (tests run several plans in one process)."""
+    _hits.clear()

@@ -14,11 +14,16 @@ from typing import Any
 import pyarrow as pa
 
 from dw_pipelines.core.contracts import ContractRegistry, DatasetContract
-from dw_pipelines.core.errors import ContractViolation, InvalidTransition, SourceError
+from dw_pipelines.core.errors import (
+    CommandError,
+    ContractViolation,
+    InvalidTransition,
+    SourceError,
+)
 from dw_pipelines.core.landing import LandingZone
 from dw_pipelines.core.outbox import PROMOTED, STAGED, DwIngestionJobQueue, OutboxJob
 from dw_pipelines.core.readers import SourceFile, open_source, read_batches
-from dw_pipelines.core.validation import conform_batch
+from dw_pipelines.core.validation import DEFAULT_MAX_VALUE_BYTES, conform_batch
 from dw_pipelines.core.warehouse import Warehouse
 
 
@@ -63,6 +68,23 @@ class PromoteResult:
         }
 
 
+def check_consistent(job: OutboxJob, contracts: ContractRegistry) -> None:
+    """A row written straight into the outbox must say the same thing in its columns and its
+    command, about a dataset this deployment knows (raises `CommandError`, a permanent error)."""
+    command = job.command  # validates the stored payload again
+    if command.dataset != job.dataset:
+        raise CommandError(
+            "dataset",
+            f"the command says '{command.dataset}' but the outbox row says '{job.dataset}'",
+        )
+    if command.tenant_id != job.tenant_id:
+        raise CommandError(
+            "tenant_id",
+            f"the command says '{command.tenant_id}' but the outbox row says '{job.tenant_id}'",
+        )
+    contracts.get(job.dataset)
+
+
 class IngestionService:
     def __init__(
         self,
@@ -71,12 +93,14 @@ class IngestionService:
         contracts: ContractRegistry,
         landing: LandingZone,
         batch_rows: int = 65_536,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     ):
         self.queue = queue
         self.warehouse = warehouse
         self.contracts = contracts
         self.landing = landing
         self.batch_rows = batch_rows
+        self.max_value_bytes = max_value_bytes
 
     def start(self, job_id: str, run_id: str, dataset: str | None = None) -> OutboxJob:
         """The run takes the job (PROCESSING), or keeps it if it already holds it.
@@ -88,7 +112,10 @@ class IngestionService:
             raise InvalidTransition(
                 f"job {job_id} belongs to dataset '{job.dataset}', not '{dataset}'"
             )
-        return self.queue.start(job_id, run_id)
+        job = self.queue.start(job_id, run_id)
+        # Checked once the run holds the job, so that a bad row ends FAILED by this run.
+        check_consistent(job, self.contracts)
+        return job
 
     def stage(self, job: OutboxJob, run_id: str) -> StageResult:
         """Read the source streaming, validate every batch, load staging; check primary keys."""
@@ -102,7 +129,7 @@ class IngestionService:
             nonlocal batches
             first_row = 1
             for raw in read_batches(source, contract, self.batch_rows):
-                batch = conform_batch(raw, contract, source, first_row)
+                batch = conform_batch(raw, contract, source, first_row, self.max_value_bytes)
                 first_row += batch.num_rows
                 batches += 1
                 yield batch

@@ -57,10 +57,41 @@ class SourceFile:
             return None
 
 
-def _text_lines(path: Path, encoding: str) -> Iterator[str]:
+# The error-path scanners use the csv module, whose default field limit (128 KiB) is below the
+# largest value a file may legitimately hold.
+csv.field_size_limit(1 << 30)
+
+
+def _text_lines(path: Path, encoding: str, errors: str = "strict") -> Iterator[str]:
     with pa.input_stream(str(path), compression="detect") as stream:
-        wrapper = io.TextIOWrapper(stream, encoding=encoding, newline="")
+        wrapper = io.TextIOWrapper(stream, encoding=encoding, errors=errors, newline="")
         yield from wrapper
+
+
+def _first_undecodable(path: Path, options: CsvOptions) -> tuple[int, int, str] | None:
+    """(data row, line, column) of the first value that is not valid text in the encoding."""
+    lines = _text_lines(path, options.encoding, errors="surrogateescape")
+    reader = csv.reader(lines, delimiter=options.delimiter)
+    header: list[str] | None = None
+    data_row = 0
+    line_after_previous = 1
+    try:
+        for record in reader:
+            start = line_after_previous
+            line_after_previous = reader.line_num + 1
+            if not record:
+                continue
+            if header is None:
+                header = record
+                continue
+            data_row += 1
+            for index, value in enumerate(record):
+                if any("\udc80" <= ch <= "\udcff" for ch in value):
+                    name = header[index] if index < len(header) else f"#{index + 1}"
+                    return data_row, start, name
+    except (OSError, csv.Error):
+        return None
+    return None
 
 
 def _csv_line_of_row(path: Path, row: int, options: CsvOptions) -> int | None:
@@ -254,7 +285,12 @@ def _csv_error(
             source=source.name,
         )
     if isinstance(exc, UnicodeDecodeError) or "invalid utf" in message.lower():
-        return SourceError(f"{source.name}: not valid text in the declared encoding: {message}")
+        where = _first_undecodable(source.path, options)
+        problem = f"not valid {options.encoding} text (declare the file's encoding in the contract)"
+        if where is None:
+            return SourceError(f"{source.name}: {problem}: {message}")
+        row, line, column = where
+        return ContractViolation(problem, source=source.name, row=row, line=line, column=column)
     return ContractViolation(f"unreadable CSV: {message}", source=source.name)
 
 

@@ -17,11 +17,15 @@ _HAS_OFFSET = r"[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?)$"
 _DATE_ONLY = r"^(\d{4}-\d{2}-\d{2})$"
 
 
+DEFAULT_MAX_VALUE_BYTES = 1 << 20
+
+
 def conform_batch(
     batch: pa.RecordBatch,
     contract: DatasetContract,
     source: SourceFile,
     first_row: int,
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
 ) -> pa.RecordBatch:
     """Return `batch` cast to `contract.arrow_schema`.
 
@@ -30,6 +34,8 @@ def conform_batch(
         contract: the dataset contract.
         source: the file, for error messages.
         first_row: 1-based data row number of the batch's first row.
+        max_value_bytes: the largest text value accepted (a runaway value is almost always a
+            broken file, e.g. an unbalanced quote, and would bloat every query).
 
     Raises:
         ContractViolation: a value does not fit its column type, or a non-nullable column is null.
@@ -42,7 +48,18 @@ def conform_batch(
             raise _violation(
                 source, first_row + index, spec, "is empty but the column is not nullable"
             )
-        if pa.types.is_string(converted.type):
+        if pa.types.is_string(converted.type) and len(converted):
+            lengths = pc.binary_length(converted)
+            if (pc.max(lengths).as_py() or 0) > max_value_bytes:
+                index = pc.index(pc.greater(lengths, max_value_bytes), True).as_py()
+                size = lengths[index].as_py()
+                raise _violation(
+                    source,
+                    first_row + index,
+                    spec,
+                    f"value is too large: {size} bytes, the limit is {max_value_bytes} "
+                    "(DW_MAX_VALUE_BYTES)",
+                )
             # PostgreSQL text cannot hold NUL; refuse it here, with its place, not at COPY time.
             has_nul = pc.match_substring(converted, "\x00")
             if pc.any(has_nul).as_py():

@@ -182,8 +182,12 @@ class Warehouse:
             if self.dialect == "postgresql":
                 # Two runs creating the same table at once would collide in the catalog.
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('dw_pipelines.ddl'))"))
+                existing = set(sa.inspect(conn).get_schema_names())
                 for schema in (STAGING_SCHEMA, STORAGE_SCHEMA):
-                    conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {schema}"))
+                    # Only when missing: CREATE SCHEMA IF NOT EXISTS still needs CREATE on the
+                    # database, which the least-privilege dw_worker role does not have.
+                    if schema not in existing:
+                        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
             self._metadata.create_all(
                 conn, tables=[tables.staging, tables.storage], checkfirst=True
             )
@@ -214,7 +218,7 @@ class Warehouse:
         numbered = _with_lineage(batches, job_id)
         with self.engine.begin() as conn:
             conn.execute(tables.staging.delete().where(tables.staging.c[JOB_ID_COLUMN] == job_id))
-            self.faults.hit("staging.copy", conn.connection.driver_connection)
+            self.faults.hit("staging.copy", conn)
             if self.dialect == "postgresql":
                 return self._copy_into(conn, tables.staging, numbered)
             return self._executemany_into(conn, tables.staging, numbered)
@@ -332,7 +336,7 @@ class Warehouse:
                     set_={c: upsert.excluded[c] for c in target_columns if c not in key},
                 )
             written = conn.execute(statement).rowcount
-            self.faults.hit("promote.before_commit", conn.connection.driver_connection)
+            self.faults.hit("promote.before_commit", conn)
             return written
 
     def storage_rows(self, contract: DatasetContract, job_id: str | None = None) -> int:
