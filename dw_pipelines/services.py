@@ -33,6 +33,7 @@ def build_service(settings: Settings) -> IngestionService:
         Warehouse(
             create_warehouse_engine(settings.warehouse_url),
             Faults(parse_faults(settings.fault_injection)),
+            load_method=settings.pg_load_method,
         ),
         contracts,
         queue.landing,

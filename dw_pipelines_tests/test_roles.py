@@ -369,10 +369,14 @@ def test_append_merge_upsert_and_prune_as_dw_worker_who_owns_its_tables(worker_d
                 )
             ).all()
         )
+    # Per-dataset tables and the load history; the jobs' staging partitions are gone.
     assert owners == {
-        f"{schema}.{dataset}": ROLE
-        for schema in ("dw_staging", "dw_storage")
-        for dataset in ("orders", "customers")
+        **{
+            f"{schema}.{dataset}": ROLE
+            for schema in ("dw_staging", "dw_storage")
+            for dataset in ("orders", "customers")
+        },
+        "dw_storage._dw_loads": ROLE,
     }
     assert not can_create_in_database()
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pyarrow as pa
 
@@ -23,7 +24,7 @@ from dw_pipelines.core.errors import (
 from dw_pipelines.core.landing import LandingZone
 from dw_pipelines.core.outbox import PROMOTED, STAGED, DwIngestionJobQueue, OutboxJob
 from dw_pipelines.core.readers import SourceFile, open_source, read_batches
-from dw_pipelines.core.validation import DEFAULT_MAX_VALUE_BYTES, conform_batch
+from dw_pipelines.core.validation import DEFAULT_MAX_VALUE_BYTES, KeyTracker, conform_batch
 from dw_pipelines.core.warehouse import Warehouse
 
 
@@ -55,15 +56,17 @@ class PromoteResult:
     job_id: str
     dataset: str
     write_mode: str
-    rows: int
-    storage_rows_for_job: int
+    rows: int  # staged rows promoted
+    inserted: int  # rows written to storage (merge: new and changed rows)
+    deleted: int  # rows removed first (append: the job's previous load; merge: changed rows)
     seconds: float
 
     def details(self) -> dict[str, Any]:
         return {
             "rows": self.rows,
             "write_mode": self.write_mode,
-            "storage_rows_for_job": self.storage_rows_for_job,
+            "inserted": self.inserted,
+            "deleted": self.deleted,
             "seconds": round(self.seconds, 3),
         }
 
@@ -83,6 +86,25 @@ def check_consistent(job: OutboxJob, contracts: ContractRegistry) -> None:
             f"the command says '{command.tenant_id}' but the outbox row says '{job.tenant_id}'",
         )
     contracts.get(job.dataset)
+
+
+def _raise_if_duplicate(keys: KeyTracker, contract: DatasetContract, source: SourceFile) -> None:
+    duplicate = keys.first_duplicate()
+    if duplicate is None:
+        return
+    key_values, rows, occurrences = duplicate
+    key = ", ".join(f"{k}={v!r}" for k, v in key_values.items())
+    lines = [source.line_of_row(r) for r in rows]
+    where = f"rows {' and '.join(str(r) for r in rows)}"
+    if all(line is not None for line in lines):
+        where += f" (lines {' and '.join(str(line) for line in lines)})"
+    raise ContractViolation(
+        f"duplicate primary key ({key}) on {where}; {occurrences} rows share it",
+        source=source.name,
+        row=rows[0],
+        line=lines[0],
+        column=",".join(contract.primary_key),
+    )
 
 
 class IngestionService:
@@ -124,6 +146,7 @@ class IngestionService:
         contract = self.contracts.get(job.dataset)
         source = open_source(self.landing.resolve(command.source_uri), command.format, contract.csv)
         batches = 0
+        keys = KeyTracker(contract.primary_key)
 
         def conformed() -> Iterator[pa.RecordBatch]:
             nonlocal batches
@@ -132,12 +155,16 @@ class IngestionService:
                 batch = conform_batch(raw, contract, source, first_row, self.max_value_bytes)
                 first_row += batch.num_rows
                 batches += 1
+                keys.add(batch)
                 yield batch
+            if first_row == 1:
+                raise ContractViolation(
+                    "the file has a header but no data rows", source=source.name
+                )
+            # Raised inside the stream, so the staging load is rolled back with it.
+            _raise_if_duplicate(keys, contract, source)
 
         rows = self.warehouse.load_staging(contract, job.job_id, conformed())
-        if rows == 0:
-            raise ContractViolation("the file has a header but no data rows", source=source.name)
-        self._check_unique_keys(contract, job.job_id, source)
         result = StageResult(
             job_id=job.job_id,
             dataset=job.dataset,
@@ -151,27 +178,6 @@ class IngestionService:
         )
         self.queue.record_step(job.job_id, run_id, STAGED, result.details())
         return result
-
-    def _check_unique_keys(
-        self, contract: DatasetContract, job_id: str, source: SourceFile
-    ) -> None:
-        duplicate = self.warehouse.find_duplicate_key(contract, job_id)
-        if duplicate is None:
-            return
-        self.warehouse.discard_staging(contract, job_id)
-        key = ", ".join(f"{k}={v!r}" for k, v in duplicate.key.items())
-        rows = " and ".join(str(r) for r in duplicate.rows)
-        lines = [source.line_of_row(r) for r in duplicate.rows]
-        where = f"rows {rows}"
-        if all(line is not None for line in lines):
-            where += f" (lines {' and '.join(str(line) for line in lines)})"
-        raise ContractViolation(
-            f"duplicate primary key ({key}) on {where}; {duplicate.occurrences} rows share it",
-            source=source.name,
-            row=duplicate.rows[0],
-            line=lines[0],
-            column=",".join(contract.primary_key),
-        )
 
     def promote(self, job_id: str, run_id: str, dataset: str | None = None) -> PromoteResult:
         """Atomically write the staged rows into storage, then mark the job COMPLETED.
@@ -187,35 +193,30 @@ class IngestionService:
             )
         contract = self.contracts.get(job.dataset)
         staged = self.warehouse.staged_rows(contract, job_id)
-        if staged == 0 and self._last_staged_rows(job_id) != 0:
-            # Staging was already discarded (or never loaded): promoting "nothing" would wipe
-            # the job's storage rows in append mode.
+        if staged == 0:
+            # Staging was already discarded (or never loaded; empty files never stage): promoting
+            # "nothing" would wipe the job's storage rows in append mode.
             raise SourceError(
                 f"job {job_id}: no staged rows to promote; materialize staging/{job.dataset} "
                 "for this job first"
             )
         self.queue.start(job_id, run_id)
-        written = self.warehouse.promote(
+        counts = self.warehouse.promote(
             contract, job_id, job.tenant_id, loaded_at=self.queue.clock()
         )
         result = PromoteResult(
             job_id=job_id,
             dataset=job.dataset,
             write_mode=contract.write_mode,
-            rows=staged,
-            storage_rows_for_job=self.warehouse.storage_rows(contract, job_id),
+            rows=counts.rows,
+            inserted=counts.inserted,
+            deleted=counts.deleted,
             seconds=time.monotonic() - started,
         )
-        self.queue.record_step(job_id, run_id, PROMOTED, {**result.details(), "written": written})
-        self.queue.complete(job_id, run_id, rows_loaded=staged, details=result.details())
+        self.queue.record_step(job_id, run_id, PROMOTED, result.details())
+        self.queue.complete(job_id, run_id, rows_loaded=counts.rows, details=result.details())
         self.warehouse.discard_staging(contract, job_id)
         return result
-
-    def _last_staged_rows(self, job_id: str) -> int | None:
-        for event in reversed(self.queue.audit_trail(job_id)):
-            if event.event == STAGED:
-                return int((event.details or {}).get("rows", -1))
-        return None
 
     def fail(self, job_id: str, run_id: str, error: str) -> OutboxJob:
         """Mark FAILED. Storage is never touched.
@@ -224,6 +225,15 @@ class IngestionService:
         storage step can promote it; invalid loads never commit to staging in the first place.
         """
         return self.queue.fail(job_id, run_id, error)
+
+    def redact(self, text: str) -> str:
+        """`text` without the database passwords (driver errors may quote connection strings)."""
+        for url in (self.queue.engine.url, self.warehouse.engine.url):
+            password = url.password
+            if password:
+                for form in {password, quote(password, safe=""), quote_plus(password)}:
+                    text = text.replace(form, "***")
+        return text
 
     def heartbeat(self, run_id: str) -> int:
         return self.queue.heartbeat(run_id)

@@ -5,6 +5,7 @@ do we look for the first offending value, by bisecting the column (a logarithmic
 so the error can name the row, line, column and value.
 """
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -75,6 +76,9 @@ def _convert_column(
     target = spec.type.arrow_type
     if array.type == target:
         return array
+    fast = _fast_cast(array, spec)
+    if fast is not None:
+        return fast
     prepared = _prepare(array, spec)
     try:
         return pc.cast(prepared, target, safe=True)
@@ -84,6 +88,27 @@ def _convert_column(
         row = first_row + (index or 0)
         shown = repr(value) if not isinstance(value, str) else f"'{value[:100]}'"
         raise _violation(source, row, spec, f"value {shown} is not a valid {spec.type}") from None
+
+
+def _fast_cast(array: pa.Array, spec: ColumnSpec) -> pa.Array | None:
+    """The common case in one cast: clean numbers, or timestamps written all alike.
+
+    Returns None when the column needs the general path (blanks to trim, mixed timestamp
+    forms, a bad value), which then also finds the bad value's row.
+    """
+    if not pa.types.is_string(array.type) or spec.type.name == "string":
+        return None
+    target = spec.type.arrow_type
+    try:
+        if spec.type.name != "timestamp":
+            return pc.cast(array, target, safe=True)
+        try:
+            return pc.cast(array, target, safe=True)  # every value carries its offset
+        except pa.ArrowInvalid:  # none does: naive values are UTC
+            naive = pc.cast(array, pa.timestamp("us"), safe=True)
+            return pc.assume_timezone(naive, "UTC").cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
 
 
 def _prepare(array: pa.Array, spec: ColumnSpec) -> pa.Array:
@@ -127,3 +152,43 @@ def _violation(source: SourceFile, row: int, spec: ColumnSpec, message: str) -> 
     return ContractViolation(
         message, source=source.name, row=row, line=source.line_of_row(row), column=spec.name
     )
+
+
+class KeyTracker:
+    """Finds primary-key duplicates within one file, in Arrow, while the file streams by.
+
+    Only the key columns of each batch are kept (8 bytes a row for an int64 key), so memory stays
+    far below the file's size; the check is one vectorised group-by at the end of the stream.
+    """
+
+    def __init__(self, key_columns: tuple[str, ...]):
+        self.key_columns = key_columns
+        self._parts: list[pa.RecordBatch] = []
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if self.key_columns:
+            self._parts.append(batch.select(list(self.key_columns)))
+
+    def first_duplicate(self) -> tuple[dict[str, object], tuple[int, ...], int] | None:
+        """(key, the first two 1-based rows holding it, how many rows share it), or None."""
+        if not self.key_columns or not self._parts:
+            return None
+        keys = pa.Table.from_batches(self._parts)
+        if keys.num_rows < 2:
+            return None
+        keys = keys.append_column("_row", pa.array(np.arange(1, keys.num_rows + 1)))
+        names = list(self.key_columns)
+        grouped = keys.group_by(names, use_threads=False).aggregate(
+            [("_row", "count"), ("_row", "min")]
+        )
+        repeated = grouped.filter(pc.greater(grouped["_row_count"], 1))
+        if repeated.num_rows == 0:
+            return None
+        first = repeated.sort_by("_row_min").slice(0, 1).to_pylist()[0]
+        key = {name: first[name] for name in names}
+        mask = None
+        for name in names:
+            equal = pc.equal(keys[name], pa.scalar(first[name], keys.schema.field(name).type))
+            mask = equal if mask is None else pc.and_(mask, equal)
+        rows = tuple(keys.filter(mask)["_row"].to_pylist()[:2])
+        return key, rows, first["_row_count"]

@@ -1,26 +1,36 @@
 """The warehouse: per-dataset staging and storage tables, bulk staging loads, atomic promotion.
 
 Layout: schema `dw_staging` and `dw_storage`, one table per dataset named after the dataset (on
-SQLite the two schemas are attached database files next to the main one).
+SQLite the two schemas are attached database files next to the main one), plus
+`dw_storage._dw_loads`, one row per (dataset, job) promoted: when, for which tenant, how many rows.
 
-* Staging rows carry `_dw_job_id` and `_dw_row_number` (the 1-based data row in the source file,
-  so set-based checks such as primary-key duplicates can still name the row). On Postgres staging
-  is UNLOGGED: it is scratch that a retry reloads, so it need not survive a server crash.
+* Staging rows carry `_dw_job_id` and `_dw_row_number` (the 1-based data row in the source file).
+  On Postgres `dw_staging.<dataset>` is partitioned by job: each job loads its own UNLOGGED
+  partition (scratch that a retry reloads; no WAL), so loading needs no index and discarding a
+  job's rows is a DROP, not a million-row DELETE.
+* Postgres loads staging with binary COPY straight from Arrow record batches through ADBC
+  (`DW_PG_LOAD_METHOD=adbc`, the default) or with text COPY fed by Arrow's CSV writer
+  (`copy-csv`); SQLite uses executemany. Tests hold the paths to identical storage content.
 * Storage rows carry the lineage columns `_dw_job_id`, `_dw_tenant_id` and `_dw_loaded_at`.
-  `append` datasets: promotion deletes the job's rows and inserts the staged ones. `merge`
-  datasets: promotion upserts on (`_dw_tenant_id`, primary key), so one tenant never overwrites
-  another's rows. Either way promotion is a single transaction, and re-running it is idempotent.
-* Postgres loads staging with `COPY ... FROM STDIN (FORMAT csv)` fed by Arrow's C++ CSV writer;
-  SQLite uses executemany.
+  `append`: promotion deletes the job's previous rows (found through `_dw_loads` and a BRIN index
+  on `_dw_loaded_at`, cheap to maintain on an append-only table) and inserts the staged ones.
+  `merge`: promotion deletes the rows whose values change and inserts new and changed rows, keyed
+  by (`_dw_tenant_id`, primary key), so one tenant never touches another's rows and unchanged rows
+  keep their lineage (the job that last changed them). Either way promotion is one transaction,
+  and re-running it leaves storage as it was.
 """
 
+import contextlib
+import hashlib
 import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import adbc_driver_postgresql.dbapi as adbc
 import numpy as np
+import psycopg.conninfo
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
@@ -39,6 +49,8 @@ ROW_NUMBER_COLUMN = "_dw_row_number"
 TENANT_COLUMN = "_dw_tenant_id"
 LOADED_AT_COLUMN = "_dw_loaded_at"
 STORAGE_LINEAGE_COLUMNS = (JOB_ID_COLUMN, TENANT_COLUMN, LOADED_AT_COLUMN)
+LOADS_TABLE = "_dw_loads"
+LOAD_METHODS = ("adbc", "copy-csv")
 
 
 class _DecimalAsText(sa.types.TypeDecorator):
@@ -78,10 +90,15 @@ class DatasetTables:
 
 
 @dataclass(frozen=True)
-class DuplicateKey:
-    key: dict[str, object]
-    rows: tuple[int, ...]  # 1-based data rows holding the key, first ones first
-    occurrences: int
+class PromotionCounts:
+    rows: int  # staged rows
+    inserted: int  # rows written to storage
+    deleted: int  # rows removed first (the job's previous load, or changed merge rows)
+
+
+def staging_partition(dataset: str, job_id: str) -> str:
+    """Name of a job's staging partition: the dataset plus a digest of the job id (≤ 63 chars)."""
+    return f"{dataset[:44]}__{hashlib.sha1(job_id.encode()).hexdigest()[:16]}"
 
 
 def create_warehouse_engine(url: str) -> Engine:
@@ -107,15 +124,38 @@ def create_warehouse_engine(url: str) -> Engine:
 
 
 class Warehouse:
-    """Staging and storage tables of the datasets, on one engine."""
+    """Staging and storage tables of the datasets, on one engine.
 
-    def __init__(self, engine: Engine, faults: Faults = NO_FAULTS):
+    Args:
+        engine: the warehouse database.
+        faults: fault-injection checkpoints (tests only).
+        load_method: how Postgres staging is loaded: "adbc" (binary COPY from Arrow) or
+            "copy-csv" (text COPY); ignored on SQLite.
+    """
+
+    def __init__(self, engine: Engine, faults: Faults = NO_FAULTS, load_method: str = "adbc"):
+        if load_method not in LOAD_METHODS:
+            raise ConfigurationError(
+                f"DW_PG_LOAD_METHOD must be one of {', '.join(LOAD_METHODS)}, got {load_method!r}"
+            )
         self.engine = engine
         self.faults = faults
+        self.load_method = load_method
         self.dialect = engine.dialect.name
+        self._postgres = self.dialect == "postgresql"
         self._metadata = sa.MetaData()
         self._tables: dict[str, DatasetTables] = {}
         self._ensured: set[str] = set()
+        self.loads = sa.Table(
+            LOADS_TABLE,
+            self._metadata,
+            sa.Column("dataset", sa.String(63), primary_key=True),
+            sa.Column("job_id", sa.String(128), primary_key=True),
+            sa.Column("tenant_id", sa.String(64), nullable=False),
+            sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
+            sa.Column("rows", sa.BigInteger(), nullable=False),
+            schema=STORAGE_SCHEMA,
+        )
 
     # ------------------------------------------------------------------------------ tables
 
@@ -125,50 +165,59 @@ class Warehouse:
         return self._tables[contract.name]
 
     def _define(self, contract: DatasetContract) -> DatasetTables:
-        def data_columns(primary_key: bool) -> list[sa.Column]:
+        def data_columns() -> list[sa.Column]:
             return [
-                sa.Column(
-                    c.name,
-                    sql_type(c.type, self.dialect),
-                    nullable=c.nullable,
-                    primary_key=primary_key and c.name in contract.primary_key,
-                )
+                sa.Column(c.name, sql_type(c.type, self.dialect), nullable=c.nullable)
                 for c in contract.columns
             ]
 
+        staging_extras: list = []
+        staging_options: dict = {}
+        if self._postgres:
+            staging_options["postgresql_partition_by"] = f"LIST ({JOB_ID_COLUMN})"
+        else:
+            staging_extras.append(sa.Index(f"ix_stg_{contract.name}_job"[:63], JOB_ID_COLUMN))
         staging = sa.Table(
             contract.name,
             self._metadata,
-            *data_columns(primary_key=False),
+            *data_columns(),
             sa.Column(JOB_ID_COLUMN, sa.String(128), nullable=False),
             sa.Column(ROW_NUMBER_COLUMN, sa.BigInteger(), nullable=False),
-            sa.Index(f"ix_stg_{contract.name}_job"[:63], JOB_ID_COLUMN),
+            *staging_extras,
             schema=STAGING_SCHEMA,
-            prefixes=["UNLOGGED"] if self.dialect == "postgresql" else [],
+            **staging_options,
         )
         is_merge = contract.write_mode == "merge"
-        storage_columns = data_columns(primary_key=False)
+        storage_columns = data_columns()
+        tenant = sa.Column(TENANT_COLUMN, sa.String(64), nullable=False)
         if is_merge:
-            storage_columns.insert(0, sa.Column(TENANT_COLUMN, sa.String(64), nullable=False))
+            storage_columns.insert(0, tenant)
         else:
-            storage_columns.append(sa.Column(TENANT_COLUMN, sa.String(64), nullable=False))
+            storage_columns.append(tenant)
+        if is_merge:
+            key = sa.PrimaryKeyConstraint(
+                TENANT_COLUMN, *contract.primary_key, name=f"pk_{contract.name}"[:63]
+            )
+            storage_extras: list = [key]
+        elif self._postgres:
+            # A job's rows share one _dw_loaded_at and land together: a BRIN index finds them
+            # for a re-run's delete at a fraction of a B-tree's upkeep on every insert.
+            storage_extras = [
+                sa.Index(
+                    f"ix_sto_{contract.name}_loaded_at"[:63],
+                    LOADED_AT_COLUMN,
+                    postgresql_using="brin",
+                )
+            ]
+        else:
+            storage_extras = [sa.Index(f"ix_sto_{contract.name}_job"[:63], JOB_ID_COLUMN)]
         storage = sa.Table(
             contract.name,
             self._metadata,
             *storage_columns,
             sa.Column(JOB_ID_COLUMN, sa.String(128), nullable=False),
             sa.Column(LOADED_AT_COLUMN, sa.DateTime(timezone=True), nullable=False),
-            *(
-                [
-                    sa.PrimaryKeyConstraint(
-                        TENANT_COLUMN, *contract.primary_key, name=f"pk_{contract.name}"[:63]
-                    )
-                ]
-                if is_merge
-                else []
-            ),
-            # Serves append's "delete this job's rows" and lineage look-ups.
-            sa.Index(f"ix_sto_{contract.name}_job"[:63], JOB_ID_COLUMN),
+            *storage_extras,
             schema=STORAGE_SCHEMA,
         )
         return DatasetTables(staging=staging, storage=storage)
@@ -179,7 +228,7 @@ class Warehouse:
         if contract.name in self._ensured:
             return tables
         with self.engine.begin() as conn:
-            if self.dialect == "postgresql":
+            if self._postgres:
                 # Two runs creating the same table at once would collide in the catalog.
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('dw_pipelines.ddl'))"))
                 existing = set(sa.inspect(conn).get_schema_names())
@@ -189,7 +238,7 @@ class Warehouse:
                     if schema not in existing:
                         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
             self._metadata.create_all(
-                conn, tables=[tables.staging, tables.storage], checkfirst=True
+                conn, tables=[tables.staging, tables.storage, self.loads], checkfirst=True
             )
             inspector = sa.inspect(conn)
             for table in (tables.staging, tables.storage):
@@ -209,39 +258,110 @@ class Warehouse:
     def load_staging(
         self, contract: DatasetContract, job_id: str, batches: Iterable[pa.RecordBatch]
     ) -> int:
-        """Replace the job's staging rows with `batches` (contract schema) in one transaction.
+        """Replace the job's staged rows with `batches` (contract schema).
 
-        An exception raised while iterating `batches` (e.g. a contract violation) rolls the
-        whole load back: staging is left as it was.
+        An exception raised while iterating `batches` (e.g. a contract violation) rolls the load
+        back: the job has nothing staged afterwards.
         """
         tables = self.ensure_tables(contract)
-        numbered = _with_lineage(batches, job_id)
-        with self.engine.begin() as conn:
-            conn.execute(tables.staging.delete().where(tables.staging.c[JOB_ID_COLUMN] == job_id))
-            self.faults.hit("staging.copy", conn)
-            if self.dialect == "postgresql":
-                return self._copy_into(conn, tables.staging, numbered)
-            return self._executemany_into(conn, tables.staging, numbered)
+        numbered = _with_lineage(batches, job_id, include_job_id=not self._postgres)
+        if not self._postgres:
+            with self.engine.begin() as conn:
+                staging = tables.staging
+                conn.execute(staging.delete().where(staging.c[JOB_ID_COLUMN] == job_id))
+                self.faults.hit("staging.copy", conn)
+                return self._executemany_into(conn, staging, numbered)
+        partition = staging_partition(contract.name, job_id)
+        self._create_partition(tables.staging, partition, job_id)
+        try:
+            if self.load_method == "adbc":
+                rows = self._adbc_into(partition, contract, numbered)
+            else:
+                rows = self._copy_csv_into(partition, contract, numbered)
+            if contract.write_mode == "merge":
+                with self.engine.begin() as conn:
+                    # Fresh statistics let the merge join pick hash joins over the partition.
+                    conn.execute(sa.text(f"ANALYZE {STAGING_SCHEMA}.{_quote(conn, partition)}"))
+            return rows
+        except BaseException:
+            with contextlib.suppress(Exception):  # the load's own error matters more
+                self._drop_partition(partition)
+            raise
 
-    def _copy_into(
-        self, conn: Connection, table: sa.Table, batches: Iterator[pa.RecordBatch]
+    def _create_partition(self, parent: sa.Table, partition: str, job_id: str) -> None:
+        with self.engine.begin() as conn:
+            name = f"{STAGING_SCHEMA}.{_quote(conn, partition)}"
+            value = _literal(conn, job_id)
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
+            conn.execute(
+                sa.text(
+                    f"CREATE UNLOGGED TABLE {name} PARTITION OF "
+                    f"{STAGING_SCHEMA}.{_quote(conn, parent.name)} FOR VALUES IN ({value})"
+                )
+            )
+            # Loads send the data columns only; the partition fills in its job id.
+            conn.execute(
+                sa.text(f"ALTER TABLE {name} ALTER COLUMN {JOB_ID_COLUMN} SET DEFAULT {value}")
+            )
+            self.faults.hit("staging.copy", conn)
+
+    def _drop_partition(self, partition: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.text(f"DROP TABLE IF EXISTS {STAGING_SCHEMA}.{_quote(conn, partition)}")
+            )
+
+    def _adbc_into(
+        self, partition: str, contract: DatasetContract, batches: Iterator[pa.RecordBatch]
     ) -> int:
-        quote = conn.dialect.identifier_preparer.quote
-        columns = ", ".join(quote(c.name) for c in table.columns)
-        statement = (
-            f"COPY {quote(table.schema)}.{quote(table.name)} ({columns}) FROM STDIN (FORMAT csv)"
-        )
-        rows = 0
+        schema = _staging_schema(contract, include_job_id=False)
+        failure: list[BaseException] = []
+
+        def guarded() -> Iterator[pa.RecordBatch]:
+            # An error raised inside the stream reaches us from ADBC as a generic error;
+            # remember the original so the caller sees it (a ContractViolation, say).
+            try:
+                yield from batches
+            except BaseException as exc:
+                failure.append(exc)
+                raise
+
+        reader = pa.RecordBatchReader.from_batches(schema, guarded())
+        try:
+            with adbc.connect(libpq_conninfo(self.engine.url)) as connection:
+                with connection.cursor() as cursor:
+                    rows = cursor.adbc_ingest(
+                        partition, reader, mode="append", db_schema_name=STAGING_SCHEMA
+                    )
+                connection.commit()
+        except Exception:
+            if failure:
+                raise failure[0] from None
+            raise
+        return int(rows)
+
+    def _copy_csv_into(
+        self, partition: str, contract: DatasetContract, batches: Iterator[pa.RecordBatch]
+    ) -> int:
         options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
-        driver_connection = conn.connection.driver_connection
-        with driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
-            for batch in batches:
-                buffer = io.BytesIO()
-                # Arrow writes NULL as an empty field and "" as a quoted empty string,
-                # exactly how Postgres' CSV COPY tells them apart.
-                pacsv.write_csv(batch, buffer, options)
-                copy.write(buffer.getbuffer())
-                rows += batch.num_rows
+        rows = 0
+        with self.engine.begin() as conn:
+            columns = ", ".join(
+                _quote(conn, c) for c in [*contract.column_names, ROW_NUMBER_COLUMN]
+            )
+            statement = (
+                f"COPY {STAGING_SCHEMA}.{_quote(conn, partition)} ({columns}) "
+                "FROM STDIN (FORMAT csv)"
+            )
+            with conn.connection.driver_connection.cursor() as cursor:
+                with cursor.copy(statement) as copy:
+                    for batch in batches:
+                        buffer = io.BytesIO()
+                        # Arrow writes NULL as an empty field and "" as a quoted empty string,
+                        # exactly how Postgres' CSV COPY tells them apart.
+                        pacsv.write_csv(batch, buffer, options)
+                        copy.write(buffer.getbuffer())
+                        rows += batch.num_rows
         return rows
 
     @staticmethod
@@ -262,48 +382,11 @@ class Warehouse:
                 sa.select(sa.func.count()).where(staging.c[JOB_ID_COLUMN] == job_id)
             ).scalar_one()
 
-    def find_duplicate_key(self, contract: DatasetContract, job_id: str) -> DuplicateKey | None:
-        """The first primary key that occurs more than once among the job's staged rows."""
-        if not contract.primary_key:
-            return None
-        staging = self.ensure_tables(contract).staging
-        key_columns = [staging.c[k] for k in contract.primary_key]
-        first_row = sa.func.min(staging.c[ROW_NUMBER_COLUMN])
-        with self.engine.connect() as conn:
-            duplicate = (
-                conn.execute(
-                    sa.select(
-                        *key_columns, sa.func.count().label("n"), first_row.label("first_row")
-                    )
-                    .where(staging.c[JOB_ID_COLUMN] == job_id)
-                    .group_by(*key_columns)
-                    .having(sa.func.count() > 1)
-                    .order_by(first_row)
-                    .limit(1)
-                )
-                .mappings()
-                .first()
-            )
-            if duplicate is None:
-                return None
-            key = {k: duplicate[k] for k in contract.primary_key}
-            rows = (
-                conn.execute(
-                    sa.select(staging.c[ROW_NUMBER_COLUMN])
-                    .where(
-                        staging.c[JOB_ID_COLUMN] == job_id,
-                        *[staging.c[k] == v for k, v in key.items()],
-                    )
-                    .order_by(staging.c[ROW_NUMBER_COLUMN])
-                    .limit(2)
-                )
-                .scalars()
-                .all()
-            )
-        return DuplicateKey(key=key, rows=tuple(rows), occurrences=duplicate["n"])
-
     def discard_staging(self, contract: DatasetContract, job_id: str) -> None:
         staging = self.ensure_tables(contract).staging
+        if self._postgres:
+            self._drop_partition(staging_partition(contract.name, job_id))
+            return
         with self.engine.begin() as conn:
             conn.execute(staging.delete().where(staging.c[JOB_ID_COLUMN] == job_id))
 
@@ -311,35 +394,103 @@ class Warehouse:
 
     def promote(
         self, contract: DatasetContract, job_id: str, tenant_id: str, loaded_at: datetime
-    ) -> int:
-        """Move the job's staged rows into storage in one transaction; returns rows written."""
+    ) -> PromotionCounts:
+        """Move the job's staged rows into storage in one transaction."""
         tables = self.ensure_tables(contract)
         staging, storage = tables.staging, tables.storage
         data = contract.column_names
+        staged = staging.alias("staged")
         source = sa.select(
-            *[staging.c[c] for c in data],
-            staging.c[JOB_ID_COLUMN],
+            *[staged.c[c] for c in data],
+            staged.c[JOB_ID_COLUMN],
             sa.literal(tenant_id, sa.String(64)).label(TENANT_COLUMN),
             sa.literal(loaded_at, sa.DateTime(timezone=True)).label(LOADED_AT_COLUMN),
-        ).where(staging.c[JOB_ID_COLUMN] == job_id)
+        ).where(staged.c[JOB_ID_COLUMN] == job_id)
         target_columns = [*data, JOB_ID_COLUMN, TENANT_COLUMN, LOADED_AT_COLUMN]
         with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(sa.func.count()).where(staging.c[JOB_ID_COLUMN] == job_id)
+            ).scalar_one()
             if contract.write_mode == "append":
-                conn.execute(storage.delete().where(storage.c[JOB_ID_COLUMN] == job_id))
-                statement = storage.insert().from_select(target_columns, source)
+                deleted = self._delete_previous_load(conn, contract, storage, job_id)
+                inserted = conn.execute(
+                    storage.insert().from_select(target_columns, source)
+                ).rowcount
             else:
-                insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-                upsert = insert(storage).from_select(target_columns, source)
-                key = {TENANT_COLUMN, *contract.primary_key}
-                statement = upsert.on_conflict_do_update(
-                    index_elements=[TENANT_COLUMN, *contract.primary_key],
-                    set_={c: upsert.excluded[c] for c in target_columns if c not in key},
+                key_match = sa.and_(
+                    storage.c[TENANT_COLUMN] == tenant_id,
+                    *[storage.c[k] == staged.c[k] for k in contract.primary_key],
                 )
-            written = conn.execute(statement).rowcount
+                changed = sa.or_(
+                    *[
+                        storage.c[c].is_distinct_from(staged.c[c])
+                        for c in data
+                        if c not in contract.primary_key
+                    ],
+                    sa.false(),
+                )
+                deleted = conn.execute(
+                    storage.delete().where(
+                        sa.exists(
+                            sa.select(sa.literal(1)).where(
+                                staged.c[JOB_ID_COLUMN] == job_id, key_match, changed
+                            )
+                        )
+                    )
+                ).rowcount
+                inserted = conn.execute(
+                    storage.insert().from_select(
+                        target_columns,
+                        source.where(~sa.exists(sa.select(sa.literal(1)).where(key_match))),
+                    )
+                ).rowcount
+            self._record_load(conn, contract.name, job_id, tenant_id, loaded_at, rows)
             self.faults.hit("promote.before_commit", conn)
-            return written
+        return PromotionCounts(rows=rows, inserted=inserted, deleted=deleted)
+
+    def _delete_previous_load(
+        self, conn: Connection, contract: DatasetContract, storage: sa.Table, job_id: str
+    ) -> int:
+        previous = conn.execute(
+            sa.select(self.loads.c.loaded_at)
+            .where(self.loads.c.dataset == contract.name, self.loads.c.job_id == job_id)
+            .with_for_update()
+        ).scalar_one_or_none()
+        if previous is None:
+            return 0
+        return conn.execute(
+            storage.delete().where(
+                storage.c[JOB_ID_COLUMN] == job_id, storage.c[LOADED_AT_COLUMN] == previous
+            )
+        ).rowcount
+
+    def _record_load(
+        self,
+        conn: Connection,
+        dataset: str,
+        job_id: str,
+        tenant_id: str,
+        loaded_at: datetime,
+        rows: int,
+    ) -> None:
+        insert = postgresql.insert if self._postgres else sqlite.insert
+        values = {
+            "dataset": dataset,
+            "job_id": job_id,
+            "tenant_id": tenant_id,
+            "loaded_at": loaded_at,
+            "rows": rows,
+        }
+        statement = insert(self.loads).values(**values)
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["dataset", "job_id"],
+                set_={k: statement.excluded[k] for k in ("tenant_id", "loaded_at", "rows")},
+            )
+        )
 
     def storage_rows(self, contract: DatasetContract, job_id: str | None = None) -> int:
+        """Rows in storage (of one job). A scan: for checks and tests, not the hot path."""
         storage = self.ensure_tables(contract).storage
         query = sa.select(sa.func.count()).select_from(storage)
         if job_id is not None:
@@ -348,17 +499,53 @@ class Warehouse:
             return conn.execute(query).scalar_one()
 
 
-def _with_lineage(batches: Iterable[pa.RecordBatch], job_id: str) -> Iterator[pa.RecordBatch]:
-    """Append `_dw_job_id` and `_dw_row_number` (1-based, continuing across batches)."""
+def libpq_conninfo(url: sa.URL) -> str:
+    """The engine's URL as a libpq keyword string (quoting whatever the password holds)."""
+    params = {
+        "host": url.host,
+        "port": url.port,
+        "dbname": url.database,
+        "user": url.username,
+        "password": url.password,
+        **{k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()},
+    }
+    return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
+
+
+def _quote(conn: Connection, identifier: str) -> str:
+    return conn.dialect.identifier_preparer.quote(identifier)
+
+
+def _literal(conn: Connection, value: str) -> str:
+    """A SQL string literal for DDL, where bound parameters are not allowed."""
+    return (
+        sa.literal(value, sa.String())
+        .compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+        .string
+    )
+
+
+def _staging_schema(contract: DatasetContract, include_job_id: bool) -> pa.Schema:
+    fields = list(contract.arrow_schema)
+    if include_job_id:
+        fields.append(pa.field(JOB_ID_COLUMN, pa.string(), nullable=False))
+    fields.append(pa.field(ROW_NUMBER_COLUMN, pa.int64(), nullable=False))
+    return pa.schema(fields)
+
+
+def _with_lineage(
+    batches: Iterable[pa.RecordBatch], job_id: str, include_job_id: bool
+) -> Iterator[pa.RecordBatch]:
+    """Append `_dw_row_number` (1-based, continuing across batches) and, if asked, `_dw_job_id`."""
     next_row = 1
     for batch in batches:
         count = batch.num_rows
-        yield pa.RecordBatch.from_arrays(
-            [
-                *batch.columns,
-                pa.repeat(pa.scalar(job_id, pa.string()), count),
-                pa.array(np.arange(next_row, next_row + count, dtype=np.int64)),
-            ],
-            names=[*batch.schema.names, JOB_ID_COLUMN, ROW_NUMBER_COLUMN],
-        )
+        columns = list(batch.columns)
+        names = list(batch.schema.names)
+        if include_job_id:
+            columns.append(pa.repeat(pa.scalar(job_id, pa.string()), count))
+            names.append(JOB_ID_COLUMN)
+        columns.append(pa.array(np.arange(next_row, next_row + count, dtype=np.int64)))
+        names.append(ROW_NUMBER_COLUMN)
+        yield pa.RecordBatch.from_arrays(columns, names=names)
         next_row += count

@@ -61,7 +61,7 @@ def _guarded(
     except dg.Failure:
         raise
     except Exception as exc:
-        error = describe(exc)
+        error = dw.service.redact(describe(exc))
         if is_permanent(exc):
             _record(context, lambda: dw.service.fail(job_id, run_id, error))
             raise dg.Failure(
@@ -209,9 +209,8 @@ def dataset_assets(
                 "job_id": ", ".join(r.job_id for r in results),
                 "rows": dg.MetadataValue.int(sum(r.rows for r in results)),
                 "write_mode": contract.write_mode,
-                "storage_rows_for_job": dg.MetadataValue.int(
-                    sum(r.storage_rows_for_job for r in results)
-                ),
+                "inserted": dg.MetadataValue.int(sum(r.inserted for r in results)),
+                "deleted": dg.MetadataValue.int(sum(r.deleted for r in results)),
                 "duration_seconds": dg.MetadataValue.float(
                     float(round(sum(r.seconds for r in results), 3))
                 ),
