@@ -414,7 +414,8 @@ class Warehouse:
             if contract.write_mode == "append":
                 deleted = self._delete_previous_load(conn, contract, storage, job_id)
                 inserted = conn.execute(
-                    storage.insert().from_select(target_columns, source)
+                    storage.insert().from_select(target_columns, source),
+                    execution_options={"preserve_rowcount": True},
                 ).rowcount
             else:
                 key_match = sa.and_(
@@ -442,7 +443,8 @@ class Warehouse:
                     storage.insert().from_select(
                         target_columns,
                         source.where(~sa.exists(sa.select(sa.literal(1)).where(key_match))),
-                    )
+                    ),
+                    execution_options={"preserve_rowcount": True},
                 ).rowcount
             self._record_load(conn, contract.name, job_id, tenant_id, loaded_at, rows)
             self.faults.hit("promote.before_commit", conn)
