@@ -23,7 +23,12 @@ from dw_pipelines.core.errors import (
 )
 from dw_pipelines.core.landing import LandingZone
 from dw_pipelines.core.outbox import PROMOTED, STAGED, DwIngestionJobQueue, OutboxJob
-from dw_pipelines.core.readers import SourceFile, open_source, read_batches
+from dw_pipelines.core.readers import (
+    DEFAULT_BLOCK_BYTES,
+    SourceFile,
+    open_source,
+    read_batches,
+)
 from dw_pipelines.core.validation import DEFAULT_MAX_VALUE_BYTES, KeyTracker, conform_batch
 from dw_pipelines.core.warehouse import Warehouse
 
@@ -151,7 +156,9 @@ class IngestionService:
         def conformed() -> Iterator[pa.RecordBatch]:
             nonlocal batches
             first_row = 1
-            for raw in read_batches(source, contract, self.batch_rows):
+            # A block must hold the largest row a file may have (rows up to ~2 values' limit).
+            block_bytes = max(DEFAULT_BLOCK_BYTES, 2 * self.max_value_bytes)
+            for raw in read_batches(source, contract, self.batch_rows, block_bytes):
                 batch = conform_batch(raw, contract, source, first_row, self.max_value_bytes)
                 first_row += batch.num_rows
                 batches += 1

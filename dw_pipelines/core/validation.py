@@ -5,7 +5,6 @@ do we look for the first offending value, by bisecting the column (a logarithmic
 so the error can name the row, line, column and value.
 """
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -157,8 +156,9 @@ def _violation(source: SourceFile, row: int, spec: ColumnSpec, message: str) -> 
 class KeyTracker:
     """Finds primary-key duplicates within one file, in Arrow, while the file streams by.
 
-    Only the key columns of each batch are kept (8 bytes a row for an int64 key), so memory stays
-    far below the file's size; the check is one vectorised group-by at the end of the stream.
+    Only the key columns of each batch are kept (8 bytes a row for an int64 key). At the end one
+    sort puts equal keys side by side; comparing neighbours finds duplicates. A sort needs about
+    twice the keys' size, far less than a hash group-by (measured ~0.5 GB for 5M keys).
     """
 
     def __init__(self, key_columns: tuple[str, ...]):
@@ -173,22 +173,31 @@ class KeyTracker:
         """(key, the first two 1-based rows holding it, how many rows share it), or None."""
         if not self.key_columns or not self._parts:
             return None
-        keys = pa.Table.from_batches(self._parts)
-        if keys.num_rows < 2:
+        keys = pa.Table.from_batches(self._parts).combine_chunks()
+        count = keys.num_rows
+        if count < 2:
             return None
-        keys = keys.append_column("_row", pa.array(np.arange(1, keys.num_rows + 1)))
         names = list(self.key_columns)
-        grouped = keys.group_by(names, use_threads=False).aggregate(
-            [("_row", "count"), ("_row", "min")]
-        )
-        repeated = grouped.filter(pc.greater(grouped["_row_count"], 1))
-        if repeated.num_rows == 0:
+        order = pc.sort_indices(keys, sort_keys=[(name, "ascending") for name in names])
+        ordered = keys.take(order)
+        same_as_next = None
+        for name in names:
+            column = ordered[name]
+            equal = pc.equal(column.slice(1), column.slice(0, count - 1))
+            same_as_next = equal if same_as_next is None else pc.and_(same_as_next, equal)
+        if not pc.any(same_as_next).as_py():
             return None
-        first = repeated.sort_by("_row_min").slice(0, 1).to_pylist()[0]
-        key = {name: first[name] for name in names}
+        # Rows (0-based) that hold a repeated key; the smallest is the earliest repeated key's
+        # first occurrence.
+        positions = pc.indices_nonzero(same_as_next)
+        following = pc.add(positions, pa.scalar(1, positions.type))
+        repeated_rows = pc.take(order, pa.concat_arrays([positions, following]))
+        first = pc.min(repeated_rows).as_py()
+        key = {name: keys[name][first].as_py() for name in names}
         mask = None
         for name in names:
-            equal = pc.equal(keys[name], pa.scalar(first[name], keys.schema.field(name).type))
+            equal = pc.equal(keys[name], keys[name][first])
             mask = equal if mask is None else pc.and_(mask, equal)
-        rows = tuple(keys.filter(mask)["_row"].to_pylist()[:2])
-        return key, rows, first["_row_count"]
+        matches = pc.indices_nonzero(mask)
+        rows = tuple(index + 1 for index in matches.slice(0, 2).to_pylist())
+        return key, rows, len(matches)

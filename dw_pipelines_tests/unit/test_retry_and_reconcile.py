@@ -3,6 +3,7 @@
 import random
 from datetime import UTC, date, datetime, timedelta
 
+import pyarrow as pa
 import pytest
 
 from dw_pipelines.core.errors import ConfigurationError
@@ -83,3 +84,27 @@ def test_decisions(row, runs, expected):
     assert (decision.action if decision else None) == expected
     if decision is not None:
         assert decision.job_id == "j1" and decision.reason
+
+
+def tracked(key_columns, *batches):
+    from dw_pipelines.core.validation import KeyTracker
+
+    tracker = KeyTracker(key_columns)
+    for batch in batches:
+        tracker.add(pa.record_batch(batch))
+    return tracker.first_duplicate()
+
+
+def test_key_tracker_finds_the_earliest_repeated_key_across_batches():
+    first = {"id": [5, 3, 9], "v": ["a", "b", "c"]}
+    second = {"id": [1, 9, 3], "v": ["d", "e", "f"]}  # 3 (rows 2, 6) and 9 (rows 3, 5) repeat
+    assert tracked(("id",), first, second) == ({"id": 3}, (2, 6), 2)
+    assert tracked(("id",), {"id": [1, 2, 3]}) is None
+    assert tracked((), first, second) is None
+
+
+def test_key_tracker_handles_composite_and_text_keys():
+    batch = {"a": ["x", "x", "y", "x"], "b": [1, 2, 1, 1]}
+    assert tracked(("a", "b"), batch) == ({"a": "x", "b": 1}, (1, 4), 2)
+    assert tracked(("a", "b"), {"a": ["x", "x"], "b": [1, 2]}) is None
+    assert tracked(("a",), batch) == ({"a": "x"}, (1, 2), 3)
