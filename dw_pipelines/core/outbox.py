@@ -200,60 +200,101 @@ class DwIngestionJobQueue:
         Raises:
             CommandError: the command is refused; `.field` names the offending field.
         """
-        parsed = self.validate(command)
-        with self._connection(connection) as conn:
-            return self._insert(conn, parsed)
+        return self.enqueue_many([command], connection)[0]
 
-    def _insert(self, conn: Connection, command: DwIngestionCommand) -> EnqueueResult:
+    def enqueue_many(
+        self,
+        commands: Sequence[DwIngestionCommand | Mapping[str, Any]],
+        connection: Connection | None = None,
+    ) -> list[EnqueueResult]:
+        """`enqueue` for a batch, in three statements: all or nothing, results in order.
+
+        Raises:
+            CommandError: a command is refused; with several commands `.field` starts with its
+                index, e.g. `[3].business_date`; nothing is inserted.
+        """
+        parsed = []
+        for index, command in enumerate(commands):
+            try:
+                parsed.append(self.validate(command))
+            except CommandError as exc:
+                if len(commands) == 1:
+                    raise
+                raise CommandError(f"[{index}].{exc.field}", exc.reason) from None
+        if not parsed:
+            return []
+        with self._connection(connection) as conn:
+            return self._insert_many(conn, parsed)
+
+    def _insert_many(
+        self, conn: Connection, commands: list[DwIngestionCommand]
+    ) -> list[EnqueueResult]:
         now = self.clock()
-        values = {
-            "job_id": command.job_id,
-            "idempotency_key": command.idempotency_key,
-            "tenant_id": command.tenant_id,
-            "dataset": command.dataset,
-            "business_date": command.business_date,
-            "payload": command.to_payload(),
-            "status": "PENDING",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            "updated_at": now,
-        }
+        fresh: dict[str, DwIngestionCommand] = {}  # first command per idempotency key
+        for command in commands:
+            fresh.setdefault(command.idempotency_key, command)
+        rows = [
+            {
+                "job_id": c.job_id,
+                "idempotency_key": c.idempotency_key,
+                "tenant_id": c.tenant_id,
+                "dataset": c.dataset,
+                "business_date": c.business_date,
+                "payload": c.to_payload(),
+                "status": "PENDING",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for c in fresh.values()
+        ]
         # ON CONFLICT DO NOTHING (not try/except IntegrityError) keeps the caller's transaction
         # usable on Postgres, where a failed statement aborts the whole transaction.
         insert = postgresql.insert if self._is_postgres else sqlite.insert
-        stmt = insert(outbox).values(**values).on_conflict_do_nothing()
-        inserted = conn.execute(stmt.returning(outbox.c.job_id)).first()
-        if inserted is not None:
-            self._audit(
-                conn,
-                command.job_id,
-                None,
-                ENQUEUED,
-                None,
-                "PENDING",
-                0,
-                now,
-                {
-                    "dataset": command.dataset,
-                    "tenant_id": command.tenant_id,
-                    "source_uri": command.source_uri,
-                    "requested_by": command.requested_by,
-                },
-            )
-            return EnqueueResult(self._get(conn, command.job_id), created=True)
-        existing = (
-            conn.execute(
-                sa.select(outbox).where(outbox.c.idempotency_key == command.idempotency_key)
-            )
-            .mappings()
-            .first()
-        )
-        if existing is not None:
-            return EnqueueResult(OutboxJob.from_row(existing), created=False)
-        raise CommandError(
-            "job_id", f"'{command.job_id}' already exists with a different idempotency_key"
-        )
+        inserted = {
+            row["job_id"]: OutboxJob.from_row(row)
+            for row in conn.execute(
+                insert(outbox).values(rows).on_conflict_do_nothing().returning(*outbox.c)
+            ).mappings()
+        }
+        self._audit_many(
+            conn,
+            [
+                _audit_values(c.job_id, None, ENQUEUED, None, "PENDING", 0, now, {
+                    "dataset": c.dataset,
+                    "tenant_id": c.tenant_id,
+                    "source_uri": c.source_uri,
+                    "requested_by": c.requested_by,
+                })
+                for c in fresh.values()
+                if c.job_id in inserted
+            ],
+        )  # fmt: skip
+        known_keys = [c.idempotency_key for c in fresh.values() if c.job_id not in inserted]
+        existing = {}
+        if known_keys:
+            existing = {
+                row["idempotency_key"]: OutboxJob.from_row(row)
+                for row in conn.execute(
+                    sa.select(outbox).where(outbox.c.idempotency_key.in_(known_keys))
+                ).mappings()
+            }
+        results = []
+        for command in commands:
+            first = fresh[command.idempotency_key]
+            job = inserted.get(first.job_id)
+            if job is not None:
+                # The first command with this key inserted it; later ones in the batch dedupe.
+                results.append(EnqueueResult(job, created=first is command))
+                continue
+            job = existing.get(command.idempotency_key)
+            if job is None:
+                raise CommandError(
+                    "job_id", f"'{command.job_id}' already exists with a different idempotency_key"
+                )
+            results.append(EnqueueResult(job, created=False))
+        return results
 
     # ------------------------------------------------------------------------------ sensor
 
