@@ -80,6 +80,8 @@ def _convert_column(
         return fast
     prepared = _prepare(array, spec)
     try:
+        if spec.type.name == "timestamp":
+            return _cast_timestamp(prepared)
         return pc.cast(prepared, target, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         index = _first_uncastable(prepared, target)
@@ -102,12 +104,31 @@ def _fast_cast(array: pa.Array, spec: ColumnSpec) -> pa.Array | None:
         if spec.type.name != "timestamp":
             return pc.cast(array, target, safe=True)
         try:
-            return pc.cast(array, target, safe=True)  # every value carries its offset
+            return _cast_timestamp(array)  # every value carries its offset
         except pa.ArrowInvalid:  # none does: naive values are UTC
-            naive = pc.cast(array, pa.timestamp("us"), safe=True)
-            return pc.assume_timezone(naive, "UTC").cast(target)
+            return _cast_timestamp(array, naive=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
+
+
+_UTC_MICROS = pa.timestamp("us", tz="UTC")
+
+
+def _cast_timestamp(array: pa.Array, naive: bool = False) -> pa.Array:
+    """Text to UTC microseconds. Nanosecond text (9 fraction digits, common in exports) is
+    accepted and truncated to microseconds, PostgreSQL's precision."""
+    error: pa.ArrowInvalid | None = None
+    for unit in ("us", "ns"):
+        try:
+            if naive:
+                parsed = pc.assume_timezone(pc.cast(array, pa.timestamp(unit)), "UTC")
+            else:
+                parsed = pc.cast(array, pa.timestamp(unit, tz="UTC"))
+            return parsed.cast(_UTC_MICROS, safe=False)
+        except pa.ArrowInvalid as exc:
+            error = exc
+    assert error is not None
+    raise error
 
 
 def _prepare(array: pa.Array, spec: ColumnSpec) -> pa.Array:
@@ -129,7 +150,11 @@ def _first_uncastable(array: pa.Array, target: pa.DataType) -> int | None:
 
     def casts(offset: int, length: int) -> bool:
         try:
-            pc.cast(array.slice(offset, length), target, safe=True)
+            part = array.slice(offset, length)
+            if target == _UTC_MICROS and pa.types.is_string(array.type):
+                _cast_timestamp(part)
+            else:
+                pc.cast(part, target, safe=True)
             return True
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return False

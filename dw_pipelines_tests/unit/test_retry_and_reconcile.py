@@ -108,3 +108,28 @@ def test_key_tracker_handles_composite_and_text_keys():
     assert tracked(("a", "b"), batch) == ({"a": "x", "b": 1}, (1, 4), 2)
     assert tracked(("a", "b"), {"a": ["x", "x"], "b": [1, 2]}) is None
     assert tracked(("a",), batch) == ({"a": "x"}, (1, 2), 3)
+
+
+def test_nanosecond_timestamps_are_read_and_truncated_to_microseconds():
+    from pathlib import Path
+
+    from dw_pipelines.core.contracts import parse_contract
+    from dw_pipelines.core.readers import SourceFile
+    from dw_pipelines.core.validation import conform_batch
+
+    contract = parse_contract(
+        {"name": "t", "write_mode": "append", "primary_key": [],
+         "columns": [{"name": "ts", "type": "timestamp"}]}
+    )  # fmt: skip
+    raw = pa.record_batch(
+        {"ts": ["2026-06-14 07:14:20.123456789", "2026-06-14T07:14:20.000000001+02:00"]}
+    )
+    source = SourceFile(Path("x.csv"), "csv", 0)
+    mixed = conform_batch(raw, contract, source, 1)["ts"].to_pylist()
+    assert [v.isoformat() for v in mixed] == [
+        "2026-06-14T07:14:20.123456+00:00",
+        "2026-06-14T05:14:20+00:00",
+    ]
+    naive = conform_batch(pa.record_batch({"ts": ["2026-06-14 07:14:20.000000000"]}), contract,
+                          source, 1)["ts"][0].as_py()  # fmt: skip
+    assert naive.isoformat() == "2026-06-14T07:14:20+00:00"
