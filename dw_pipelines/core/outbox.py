@@ -252,10 +252,12 @@ class DwIngestionJobQueue:
         # ON CONFLICT DO NOTHING (not try/except IntegrityError) keeps the caller's transaction
         # usable on Postgres, where a failed statement aborts the whole transaction.
         insert = postgresql.insert if self._is_postgres else sqlite.insert
+        # executemany with RETURNING: SQLAlchemy sends it as a few multi-row INSERTs from one
+        # cached statement ("insertmanyvalues"), not one round trip per row.
         inserted = {
             row["job_id"]: OutboxJob.from_row(row)
             for row in conn.execute(
-                insert(outbox).values(rows).on_conflict_do_nothing().returning(*outbox.c)
+                insert(outbox).on_conflict_do_nothing().returning(*outbox.c), rows
             ).mappings()
         }
         self._audit_many(
