@@ -1,5 +1,8 @@
 """Build the core objects from `Settings`: the one wiring shared by the CLI, Dagster and tests."""
 
+import functools
+from pathlib import Path
+
 from dw_pipelines.core.contracts import ContractRegistry
 from dw_pipelines.core.db import create_db_engine
 from dw_pipelines.core.faults import Faults, parse_faults
@@ -11,8 +14,25 @@ from dw_pipelines.settings import SHIPPED_DATASETS_DIR, Settings
 
 
 def load_contracts(settings: Settings) -> ContractRegistry:
-    """Shipped dataset contracts plus those in `DW_DATASETS_PATH`."""
-    return ContractRegistry.from_directories(SHIPPED_DATASETS_DIR, settings.datasets_path)
+    """Shipped dataset contracts plus those in `DW_DATASETS_PATH`.
+
+    Parsed once per process and folder state: a run's resource and the code location would
+    otherwise parse the same YAML files again. A changed, added or removed file (its mtime or
+    name) is read afresh.
+    """
+    folders = [SHIPPED_DATASETS_DIR, settings.datasets_path]
+    state = tuple(
+        (str(path), path.stat().st_mtime_ns)
+        for folder in folders
+        if folder is not None and folder.is_dir()
+        for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    )
+    return _contracts_for(tuple(str(f) if f else None for f in folders), state)
+
+
+@functools.lru_cache(maxsize=8)
+def _contracts_for(folders: tuple[str | None, ...], _state: tuple) -> ContractRegistry:
+    return ContractRegistry.from_directories(*(Path(f) if f else None for f in folders))
 
 
 def build_queue(

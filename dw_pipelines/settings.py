@@ -52,7 +52,7 @@ class Settings:
     retry_max_delay_seconds: float = 3600.0
     read_batch_rows: int = 65_536
     max_value_bytes: int = 1 << 20
-    pg_load_method: str = "adbc"
+    pg_load_method: str = "auto"
     # A run refreshes its PROCESSING rows' heartbeat this often ...
     heartbeat_seconds: float = 30.0
     # ... and the reconciler calls a run dead when its beat is older than this.
@@ -103,7 +103,7 @@ class Settings:
             retry_max_delay_seconds=_float(env, "DW_RETRY_MAX_DELAY_SECONDS", 3600.0),
             read_batch_rows=_int(env, "DW_READ_BATCH_ROWS", 65_536, minimum=1),
             max_value_bytes=_int(env, "DW_MAX_VALUE_BYTES", 1 << 20, minimum=1),
-            pg_load_method=env.get("DW_PG_LOAD_METHOD") or "adbc",
+            pg_load_method=env.get("DW_PG_LOAD_METHOD") or "auto",
             heartbeat_seconds=_float(env, "DW_HEARTBEAT_SECONDS", 30.0),
             reconcile_after_seconds=_int(env, "DW_RECONCILE_AFTER_SECONDS", 300, minimum=1),
             reconcile_interval_seconds=_int(env, "DW_RECONCILE_INTERVAL_SECONDS", 60, minimum=1),

@@ -171,7 +171,9 @@ class IngestionService:
             # Raised inside the stream, so the staging load is rolled back with it.
             _raise_if_duplicate(keys, contract, source)
 
-        rows = self.warehouse.load_staging(contract, job.job_id, conformed())
+        rows = self.warehouse.load_staging(
+            contract, job.job_id, conformed(), size_hint=source.size_bytes
+        )
         result = StageResult(
             job_id=job.job_id,
             dataset=job.dataset,
