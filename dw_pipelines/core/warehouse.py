@@ -49,7 +49,6 @@ JOB_ID_COLUMN = "_dw_job_id"
 ROW_NUMBER_COLUMN = "_dw_row_number"
 TENANT_COLUMN = "_dw_tenant_id"
 LOADED_AT_COLUMN = "_dw_loaded_at"
-STORAGE_LINEAGE_COLUMNS = (JOB_ID_COLUMN, TENANT_COLUMN, LOADED_AT_COLUMN)
 LOADS_TABLE = "_dw_loads"
 LOAD_METHODS = ("auto", "adbc", "copy-csv")
 # Below this size a new ADBC connection costs more than binary COPY saves (measured: ~30 ms
@@ -365,7 +364,7 @@ class Warehouse:
     def _adbc_into(
         self, partition: str, contract: DatasetContract, batches: Iterator[pa.RecordBatch]
     ) -> int:
-        schema = _staging_schema(contract, include_job_id=False)
+        schema = _staging_schema(contract)
         failure: list[BaseException] = []
 
         def guarded() -> Iterator[pa.RecordBatch]:
@@ -578,10 +577,10 @@ def _literal(conn: Connection, value: str) -> str:
     )
 
 
-def _staging_schema(contract: DatasetContract, include_job_id: bool) -> pa.Schema:
+def _staging_schema(contract: DatasetContract) -> pa.Schema:
+    """What a Postgres staging load sends: the data columns and the row number (the partition
+    supplies its job id)."""
     fields = list(contract.arrow_schema)
-    if include_job_id:
-        fields.append(pa.field(JOB_ID_COLUMN, pa.string(), nullable=False))
     fields.append(pa.field(ROW_NUMBER_COLUMN, pa.int64(), nullable=False))
     return pa.schema(fields)
 
