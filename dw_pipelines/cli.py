@@ -279,6 +279,37 @@ def outbox_retry(
 
 
 @outbox.command(
+    "launch-command",
+    help=(
+        "Print the `dagster job launch` line that runs a PENDING job by hand, and take the job "
+        "out of the sensor's reach (SENT, audited with the operator). The run id is derived from "
+        "the job id: running the line twice cannot start a second run."
+    ),
+)
+@click.argument("job_id")
+@click.option(
+    "--operator",
+    default=lambda: getpass.getuser(),
+    show_default="the login name",
+    help="Who asks (kept in the audit trail).",
+)
+@click.option(
+    "-w", "--workspace", default="workspace.yaml", show_default=True, help="Workspace file."
+)
+@_errors_to_exit_code
+def outbox_launch_command(job_id: str, operator: str, workspace: str) -> None:
+    from dw_pipelines.launch import launch_command, launch_run_id
+    from dw_pipelines.services import build_queue
+
+    queue = build_queue(_settings())
+    try:
+        job = queue.claim_for_launch(job_id, launch_run_id(job_id), operator)
+    finally:
+        queue.engine.dispose()
+    click.echo(launch_command(job, workspace))
+
+
+@outbox.command(
     "prune",
     help="Delete COMPLETED jobs older than N days. FAILED jobs and the audit trail are kept.",
 )

@@ -6,6 +6,8 @@ location (so the run carries its origin and any run launcher can start it, K8s J
 and the instance's run coordinator (so concurrency limits apply).
 """
 
+import json
+import shlex
 import uuid
 from pathlib import Path
 
@@ -17,19 +19,39 @@ from dagster._core.workspace.load_target import ModuleTarget, WorkspaceFileTarge
 from dw_pipelines.core.errors import ConfigurationError
 from dw_pipelines.core.outbox import OutboxJob
 from dw_pipelines.defs.assets import staging_key, storage_key
-from dw_pipelines.settings import (
-    CODE_LOCATION_NAME,
-    INGESTION_JOB_NAME,
-    TAG_DATASET,
-    TAG_JOB_ID,
-    TAG_TENANT,
-)
+from dw_pipelines.defs.sensors import run_tags
+from dw_pipelines.settings import CODE_LOCATION_NAME, INGESTION_JOB_NAME
 
 TAG_REQUEUED_BY = "dw/requeued_by"
 
 
+# Fixed forever: launch ids derived from it must stay stable across releases.
+_LAUNCH_NAMESPACE = uuid.UUID("6b0c6f1e-5a4e-4d55-9b0e-8f1f0d2a7c11")
+
+
 def new_run_id() -> str:
     return str(uuid.uuid4())
+
+
+def launch_run_id(job_id: str) -> str:
+    """The run id of a launch by hand: derived from the job id, so launching twice cannot
+    create a second run (Dagster refuses a run id that exists)."""
+    return str(uuid.uuid5(_LAUNCH_NAMESPACE, job_id))
+
+
+def launch_command(job: OutboxJob, workspace: str = "workspace.yaml") -> str:
+    """The `dagster job launch` line that runs `job` through the instance in DAGSTER_HOME."""
+    tags = {"dagster/partition": job.business_date.isoformat(), **run_tags(job)}
+    return " ".join(
+        [
+            "dagster job launch",
+            f"-w {shlex.quote(workspace)}",
+            f"-l {CODE_LOCATION_NAME}",
+            f"-j {INGESTION_JOB_NAME}",
+            f"--run-id {launch_run_id(job.job_id)}",
+            f"--tags {shlex.quote(json.dumps(tags, sort_keys=True))}",
+        ]
+    )
 
 
 def instance_from_environment() -> dg.DagsterInstance:
@@ -79,9 +101,7 @@ def launch_job_run(
         tags = {
             **(remote_job.run_tags or {}),
             "dagster/partition": job.business_date.isoformat(),
-            TAG_JOB_ID: job.job_id,
-            TAG_DATASET: job.dataset,
-            TAG_TENANT: job.tenant_id,
+            **run_tags(job),
             **(extra_tags or {}),
         }
         run = instance.create_run(

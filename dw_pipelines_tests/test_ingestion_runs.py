@@ -274,7 +274,7 @@ def test_an_untagged_run_of_an_empty_partition_loads_nothing(env):
     assert service.warehouse.storage_rows(service.contracts.get("orders")) == 0
 
 
-def test_a_run_targeting_another_dataset_is_refused(env):
+def test_a_run_of_another_datasets_assets_does_nothing(env):
     _, service, job_def, instance = env
     job = enqueue(service, "customers", SAMPLES_DIR / "customers.csv")
     result = job_def.execute_in_process(
@@ -284,6 +284,23 @@ def test_a_run_targeting_another_dataset_is_refused(env):
         asset_selection=[dg.AssetKey(["staging", "orders"]), dg.AssetKey(["storage", "orders"])],
         raise_on_error=False,
     )
-    assert not result.success
+    assert result.success
+    assert result.get_asset_materialization_events() == []
     assert service.warehouse.storage_rows(service.contracts.get("orders")) == 0
     assert service.queue.get(job.job_id).status == "SENT"  # untouched: the run never held it
+
+
+def test_a_whole_job_run_loads_only_the_tagged_jobs_dataset(env):
+    """What `dagster job launch` does: every asset of the job, for one tagged outbox job."""
+    _, service, job_def, instance = env
+    job = enqueue(service, "customers", SAMPLES_DIR / "customers.csv")
+    result = job_def.execute_in_process(
+        instance=instance,
+        partition_key=job.business_date.isoformat(),
+        tags={TAG_JOB_ID: job.job_id},
+    )
+    assert result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {"staging/customers", "storage/customers"}
+    assert service.queue.get(job.job_id).status == "COMPLETED"
+    assert service.warehouse.storage_rows(service.contracts.get("orders")) == 0

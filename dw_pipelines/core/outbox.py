@@ -474,6 +474,31 @@ class DwIngestionJobQueue:
             require_run=False,
         )
 
+    def claim_for_launch(self, job_id: str, run_id: str, operator: str) -> OutboxJob:
+        """Take a PENDING job out of the sensor's reach for a launch by hand as run `run_id`.
+
+        Idempotent: a job already SENT to `run_id` is returned as it is. Jobs that already ran
+        go through `requeue` (`outbox retry`) instead.
+        """
+        current = self.get(job_id)
+        if current.status == "SENT" and current.dagster_run_id == run_id:
+            return current
+        if current.status != "PENDING":
+            raise InvalidTransition(
+                f"job {job_id} is {current.status}, not PENDING; "
+                "reprocess it with `dw-pipelines outbox retry` instead"
+            )
+        return self._transition(
+            job_id,
+            run_id,
+            DISPATCHED,
+            to_status="SENT",
+            allowed_from=("PENDING",),
+            changes={"dagster_run_id": run_id},
+            details={"manual": True, "operator": operator},
+            require_run=False,
+        )
+
     def reconcile(self, job_id: str, run_id: str | None, to_status: str, reason: str) -> OutboxJob:
         """The reconciler settles an in-flight row whose run ended without writing back."""
         changes: dict[str, Any] = {}

@@ -16,7 +16,7 @@ The asset bodies only call `core.ingestion`; `_guarded` keeps the outbox row in 
 """
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import dagster as dg
@@ -25,7 +25,7 @@ from dw_pipelines.core.contracts import DatasetContract
 from dw_pipelines.core.errors import DwError, is_permanent
 from dw_pipelines.core.retry import RetryPolicy
 from dw_pipelines.defs.resources import DwResource
-from dw_pipelines.settings import TAG_JOB_ID
+from dw_pipelines.settings import TAG_DATASET, TAG_JOB_ID
 
 T = TypeVar("T")
 SETTLED_STATUSES = ("COMPLETED", "FAILED")
@@ -101,6 +101,16 @@ def _tagged_job(context: dg.AssetExecutionContext) -> str | None:
     return context.run.tags.get(TAG_JOB_ID) or None
 
 
+def _job_is_for(
+    context: dg.AssetExecutionContext, dw: DwResource, job_id: str, dataset: str
+) -> bool:
+    """Whether the tagged job loads `dataset` (the run's dw/dataset tag, else the outbox row)."""
+    tagged_dataset = context.run.tags.get(TAG_DATASET)
+    if tagged_dataset:
+        return tagged_dataset == dataset
+    return dw.queue.get(job_id).dataset == dataset
+
+
 def _partition_date(context: dg.AssetExecutionContext) -> dt.date:
     return dt.date.fromisoformat(context.partition_key)
 
@@ -123,6 +133,9 @@ def dataset_assets(
         "group_name": dataset,
         "owners": _owners(contract),
         "kinds": {warehouse_kind},
+        # A run launched for the whole job (e.g. `dagster job launch`) materializes only the
+        # tagged job's dataset; the other datasets' steps yield nothing.
+        "output_required": False,
     }
 
     @dg.asset(
@@ -133,8 +146,12 @@ def dataset_assets(
         ).strip(),
         **common,
     )
-    def staging_asset(context: dg.AssetExecutionContext, dw: DwResource) -> dg.MaterializeResult:
+    def staging_asset(
+        context: dg.AssetExecutionContext, dw: DwResource
+    ) -> Iterator[dg.MaterializeResult]:
         tagged = _tagged_job(context)
+        if tagged and not _job_is_for(context, dw, tagged, dataset):
+            return  # a whole-job launch: this dataset has nothing to do (storage is skipped)
         if tagged:
             job_ids = [tagged]
         else:
@@ -169,7 +186,7 @@ def dataset_assets(
                 description=f"{len(failures)} job(s) failed: " + "; ".join(failures),
                 allow_retries=False,
             )
-        return dg.MaterializeResult(metadata=_staging_metadata(results))
+        yield dg.MaterializeResult(metadata=_staging_metadata(results))
 
     @dg.asset(
         key=storage_key(dataset),
@@ -180,8 +197,12 @@ def dataset_assets(
         ),
         **common,
     )
-    def storage_asset(context: dg.AssetExecutionContext, dw: DwResource) -> dg.MaterializeResult:
+    def storage_asset(
+        context: dg.AssetExecutionContext, dw: DwResource
+    ) -> Iterator[dg.MaterializeResult]:
         tagged = _tagged_job(context)
+        if tagged and not _job_is_for(context, dw, tagged, dataset):
+            return
         if tagged:
             job_ids = [tagged]
         else:
@@ -203,7 +224,7 @@ def dataset_assets(
                 f"promoted {result.rows} rows ({result.write_mode}); job COMPLETED"
             )
             results.append(result)
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
             metadata={
                 "jobs": dg.MetadataValue.int(len(results)),
                 "job_id": ", ".join(r.job_id for r in results),

@@ -25,9 +25,21 @@ from dw_pipelines.core.errors import InvalidTransition
 from dw_pipelines.core.outbox import DwIngestionJobQueue, OutboxJob, redispatch_cutoff
 from dw_pipelines.core.reconcile import COMPLETE, FAIL_DEAD_RUN, Decision, RunInfo, decide
 from dw_pipelines.defs.assets import staging_key, storage_key
+from dw_pipelines.defs.k8s import k8s_config_tag
 from dw_pipelines.defs.partitions import business_date_partitions
 from dw_pipelines.defs.resources import DwResource
 from dw_pipelines.settings import SENSOR_NAME, TAG_DATASET, TAG_JOB_ID, TAG_TENANT, Settings
+
+
+def run_tags(job: OutboxJob) -> dict[str, str]:
+    """Tags of a job's run: which job, dataset and tenant (concurrency limits key on the last
+    two), and its Kubernetes pod settings."""
+    return {
+        TAG_JOB_ID: job.job_id,
+        TAG_DATASET: job.dataset,
+        TAG_TENANT: job.tenant_id,
+        **k8s_config_tag(job),
+    }
 
 
 def run_request_for(job: OutboxJob) -> dg.RunRequest:
@@ -35,7 +47,7 @@ def run_request_for(job: OutboxJob) -> dg.RunRequest:
         run_key=job.job_id,
         partition_key=job.business_date.isoformat(),
         asset_selection=[staging_key(job.dataset), storage_key(job.dataset)],
-        tags={TAG_JOB_ID: job.job_id, TAG_DATASET: job.dataset, TAG_TENANT: job.tenant_id},
+        tags=run_tags(job),
     )
 
 
