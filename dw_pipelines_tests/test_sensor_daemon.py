@@ -3,6 +3,7 @@ Dagster instance: run_key = job_id, no duplicate launches, and crash safety at e
 """
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -77,6 +78,8 @@ def test_three_pending_jobs_become_three_runs_keyed_by_job_id_and_never_more(
             assert run.tags[TAG_DATASET] == job.dataset
             assert run.tags[TAG_TENANT] == job.tenant_id
             assert run.tags["dagster/partition"] == job.business_date.isoformat()
+            pod = json.loads(run.tags["dagster-k8s/config"])  # read by K8sRunLauncher
+            assert pod["container_config"]["resources"]["requests"]["memory"] == "512Mi"
             row = service.queue.get(job.job_id)
             assert row.status == "COMPLETED"
             assert row.dagster_run_id == run.run_id

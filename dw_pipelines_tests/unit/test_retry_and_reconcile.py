@@ -133,3 +133,27 @@ def test_nanosecond_timestamps_are_read_and_truncated_to_microseconds():
     naive = conform_batch(pa.record_batch({"ts": ["2026-06-14 07:14:20.000000000"]}), contract,
                           source, 1)["ts"][0].as_py()  # fmt: skip
     assert naive.isoformat() == "2026-06-14T07:14:20+00:00"
+
+
+def test_large_sources_get_the_large_pod_class(tmp_path):
+    import json
+
+    from dw_pipelines.defs.k8s import LARGE_SOURCE_BYTES, k8s_config_tag
+
+    big = tmp_path / "big.csv"
+    with open(big, "wb") as handle:
+        handle.truncate(LARGE_SOURCE_BYTES)  # sparse: no disk used
+    small_job = job("SENT", None)
+    large_job = OutboxJob(**{**small_job.__dict__, "payload": {"source_uri": str(big)}})
+    assert (
+        json.loads(k8s_config_tag(small_job)["dagster-k8s/config"])["container_config"][
+            "resources"
+        ]["limits"]["memory"]
+        == "1Gi"
+    )  # no file to see: the default (small) class
+    assert (
+        json.loads(k8s_config_tag(large_job)["dagster-k8s/config"])["container_config"][
+            "resources"
+        ]["limits"]["memory"]
+        == "4Gi"
+    )
