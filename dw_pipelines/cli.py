@@ -332,6 +332,32 @@ def outbox_prune(older_than_days: int, as_json: bool) -> None:
         click.echo(f"deleted {deleted} COMPLETED job(s) last updated before {cutoff.isoformat()}")
 
 
+@main.group(help="Prometheus metrics of the outbox and audit trail.")
+def metrics() -> None:
+    pass
+
+
+@metrics.command(
+    "serve",
+    help=(
+        "Serve Prometheus metrics read from the outbox at scrape time on /metrics, with /healthz "
+        "and /readyz (database reachable). Stops on SIGTERM or SIGINT."
+    ),
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=9464, show_default=True)
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@_errors_to_exit_code
+def metrics_serve(port: int, host: str) -> None:
+    import logging
+
+    from dw_pipelines.metrics import serve
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    serve(_settings(), host, port)
+
+
 @main.command(help="Run the whole worker locally on the embedded default and show the result.")
 @click.option("--timeout", type=int, default=300, show_default=True, help="Seconds to wait.")
 @_errors_to_exit_code

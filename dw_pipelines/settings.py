@@ -59,6 +59,10 @@ class Settings:
     reconcile_after_seconds: int = 300
     reconcile_interval_seconds: int = 60
     fault_injection: str = ""
+    # `metrics serve`: each scrape reads the outbox in one read-only transaction bounded by this
+    # statement timeout (PostgreSQL only); connects and `/readyz` give up after the connect timeout.
+    metrics_statement_timeout_ms: int = 5000
+    metrics_connect_timeout_seconds: int = 3
     database_url_from_env: bool = False
     warehouse_url_from_env: bool = False
 
@@ -108,6 +112,12 @@ class Settings:
             reconcile_after_seconds=_int(env, "DW_RECONCILE_AFTER_SECONDS", 300, minimum=1),
             reconcile_interval_seconds=_int(env, "DW_RECONCILE_INTERVAL_SECONDS", 60, minimum=1),
             fault_injection=env.get("DW_FAULT_INJECTION", ""),
+            metrics_statement_timeout_ms=_int(
+                env, "DW_METRICS_STATEMENT_TIMEOUT_MS", 5000, minimum=1
+            ),
+            metrics_connect_timeout_seconds=_int(
+                env, "DW_METRICS_CONNECT_TIMEOUT_SECONDS", 3, minimum=1
+            ),
             database_url_from_env=bool(database_url_raw),
             warehouse_url_from_env=bool(warehouse_url_raw),
         )
