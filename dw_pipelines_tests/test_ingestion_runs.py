@@ -98,6 +98,10 @@ def test_append_job_loads_exact_rows_with_lineage_and_metadata(env):
     assert staged["duration_seconds"].value >= 0
     assert materializations["storage/orders"]["rows"].value == 6
     assert materializations["storage/orders"]["write_mode"].value == "append"
+    # Log lines start with the same searchable fields.
+    fields = f"job_id={job.job_id} dataset=orders tenant=acme run_id={result.run_id}"
+    messages = [record.user_message for record in instance.all_logs(result.run_id)]
+    assert sum(message.startswith(fields) for message in messages) == 2, messages
 
 
 def test_rerunning_a_job_leaves_storage_identical(env):

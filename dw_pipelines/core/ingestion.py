@@ -60,6 +60,7 @@ class StageResult:
 class PromoteResult:
     job_id: str
     dataset: str
+    tenant_id: str
     write_mode: str
     rows: int  # staged rows promoted
     inserted: int  # rows written to storage (merge: new and changed rows)
@@ -216,6 +217,7 @@ class IngestionService:
         result = PromoteResult(
             job_id=job_id,
             dataset=job.dataset,
+            tenant_id=job.tenant_id,
             write_mode=contract.write_mode,
             rows=counts.rows,
             inserted=counts.inserted,

@@ -39,6 +39,13 @@ def storage_key(dataset: str) -> dg.AssetKey:
     return dg.AssetKey(["storage", dataset])
 
 
+def log_fields(job_id: str, dataset: str | None, tenant: str | None, run_id: str | None) -> str:
+    """The key=value prefix every worker log line starts with, so logs can be searched and
+    parsed by job, dataset, tenant and run (unknown fields are left out)."""
+    fields = {"job_id": job_id, "dataset": dataset, "tenant": tenant, "run_id": run_id}
+    return " ".join(f"{k}={v}" for k, v in fields.items() if v)
+
+
 def describe(exc: BaseException) -> str:
     """One line for `last_error`: our messages as they are, others with their type."""
     if isinstance(exc, DwError):
@@ -77,8 +84,8 @@ def _guarded(
                 lambda: dw.queue.schedule_retry(job_id, run_id, error, delay, retry_number + 1),
             )
             context.log.warning(
-                f"job_id={job_id} run_id={run_id}: transient error, retry {retry_number + 1} of "
-                f"{policy.max_retries} in {delay:.1f}s: {error}"
+                f"{log_fields(job_id, None, None, run_id)} transient error, "
+                f"retry {retry_number + 1} of {policy.max_retries} in {delay:.1f}s: {error}"
             )
             raise dg.RetryRequested(max_retries=policy.max_retries, seconds_to_wait=delay) from exc
         attempts = retry_number + 1
@@ -169,9 +176,8 @@ def dataset_assets(
             def stage(job_id: str = job_id):
                 job = dw.service.start(job_id, context.run_id, dataset=dataset)
                 context.log.info(
-                    f"job_id={job_id} dataset={dataset} tenant={job.tenant_id} "
-                    f"run_id={context.run_id} attempt={job.attempts}: "
-                    f"staging {job.command.source_uri}"
+                    f"{log_fields(job_id, dataset, job.tenant_id, context.run_id)} "
+                    f"attempt={job.attempts}: staging {job.command.source_uri}"
                 )
                 return job, dw.service.stage(job, context.run_id)
 
@@ -220,7 +226,7 @@ def dataset_assets(
 
             result = _guarded(context, dw, job_id, policy, promote)
             context.log.info(
-                f"job_id={job_id} dataset={dataset} run_id={context.run_id}: "
+                f"{log_fields(job_id, dataset, result.tenant_id, context.run_id)} "
                 f"promoted {result.rows} rows ({result.write_mode}); job COMPLETED"
             )
             results.append(result)

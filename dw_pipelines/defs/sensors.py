@@ -24,7 +24,7 @@ from dw_pipelines.core.db import utcnow
 from dw_pipelines.core.errors import InvalidTransition
 from dw_pipelines.core.outbox import DwIngestionJobQueue, OutboxJob, redispatch_cutoff
 from dw_pipelines.core.reconcile import COMPLETE, FAIL_DEAD_RUN, Decision, RunInfo, decide
-from dw_pipelines.defs.assets import staging_key, storage_key
+from dw_pipelines.defs.assets import log_fields, staging_key, storage_key
 from dw_pipelines.defs.k8s import k8s_config_tag
 from dw_pipelines.defs.partitions import business_date_partitions
 from dw_pipelines.defs.resources import DwResource
@@ -96,11 +96,13 @@ def outbox_sensor(
             problem = _undispatchable(job, contracts)
             if problem:
                 queue.fail(job.job_id, None, problem, require_run=False)
-                context.log.error(f"job_id={job.job_id} dataset={job.dataset}: {problem}")
+                context.log.error(
+                    f"{log_fields(job.job_id, job.dataset, job.tenant_id, None)} {problem}"
+                )
                 continue
             requests.append(run_request_for(job))
             context.log.info(
-                f"job_id={job.job_id} dataset={job.dataset} tenant={job.tenant_id}: run requested"
+                f"{log_fields(job.job_id, job.dataset, job.tenant_id, None)} run requested"
             )
         if not requests:
             return dg.SkipReason("no due PENDING jobs in dw_ingestion_outbox")
@@ -151,7 +153,7 @@ def reconciler_sensor(settings: Settings) -> dg.SensorDefinition:
                 continue  # the row moved on since we read it: nothing to settle
             settled.append(f"{job.job_id}: {decision.action}")
             context.log.warning(
-                f"job_id={job.job_id} dataset={job.dataset} run_id={decision.run_id}: "
+                f"{log_fields(job.job_id, job.dataset, job.tenant_id, decision.run_id)} "
                 f"{decision.action}: {decision.reason}"
             )
         return dg.SkipReason(
