@@ -25,10 +25,6 @@ import pyarrow.parquet as pq
 from dw_pipelines.core.contracts import ColumnType, CsvOptions, DatasetContract
 from dw_pipelines.core.errors import ContractViolation, SourceError
 
-# A row in a CSV data block: header is line 1, so data row r (1-based) is on line r + 1 when no
-# quoted value spans lines. JSONL: data row r is on line r.
-CSV_HEADER_LINES = 1
-
 
 @dataclass(frozen=True)
 class SourceFile:
@@ -68,45 +64,51 @@ def _text_lines(path: Path, encoding: str, errors: str = "strict") -> Iterator[s
         yield from wrapper
 
 
-def _first_undecodable(path: Path, options: CsvOptions) -> tuple[int, int, str] | None:
-    """(data row, line, column) of the first value that is not valid text in the encoding."""
-    lines = _text_lines(path, options.encoding, errors="surrogateescape")
-    reader = csv.reader(lines, delimiter=options.delimiter)
+@dataclass(frozen=True)
+class _CsvRecord:
+    row: int  # 1-based data row (the header is row 0)
+    line: int  # 1-based line where the record starts
+    values: list[str]
+    header: list[str]
+
+    def column(self, index: int) -> str:
+        return self.header[index] if index < len(self.header) else f"#{index + 1}"
+
+
+def _csv_records(path: Path, options: CsvOptions, errors: str = "strict") -> Iterator[_CsvRecord]:
+    """The file's data records with their row and starting line, as pyarrow counts rows:
+    blank lines are skipped, a quoted value may span lines. For error reports only (slow)."""
+    reader = csv.reader(_text_lines(path, options.encoding, errors), delimiter=options.delimiter)
     header: list[str] | None = None
     data_row = 0
-    line_after_previous = 1
+    next_line = 1
+    for values in reader:
+        line, next_line = next_line, reader.line_num + 1
+        if not values:
+            continue
+        if header is None:
+            header = values
+            continue
+        data_row += 1
+        yield _CsvRecord(data_row, line, values, header)
+
+
+def _first_undecodable(path: Path, options: CsvOptions) -> tuple[int, int, str] | None:
+    """(data row, line, column) of the first value that is not valid text in the encoding."""
     try:
-        for record in reader:
-            start = line_after_previous
-            line_after_previous = reader.line_num + 1
-            if not record:
-                continue
-            if header is None:
-                header = record
-                continue
-            data_row += 1
-            for index, value in enumerate(record):
+        for record in _csv_records(path, options, errors="surrogateescape"):
+            for index, value in enumerate(record.values):
                 if any("\udc80" <= ch <= "\udcff" for ch in value):
-                    name = header[index] if index < len(header) else f"#{index + 1}"
-                    return data_row, start, name
+                    return record.row, record.line, record.column(index)
     except (OSError, csv.Error):
         return None
     return None
 
 
 def _csv_line_of_row(path: Path, row: int, options: CsvOptions) -> int | None:
-    lines = _text_lines(path, options.encoding)
-    reader = csv.reader(lines, delimiter=options.delimiter)
-    data_row = -CSV_HEADER_LINES  # the header is record 0
-    line_after_previous = 1
-    for record in reader:
-        start = line_after_previous
-        line_after_previous = reader.line_num + 1
-        if not record:  # blank line: pyarrow skips it too
-            continue
-        data_row += 1
-        if data_row == row:
-            return start
+    for record in _csv_records(path, options):
+        if record.row == row:
+            return record.line
     return None
 
 
@@ -114,27 +116,12 @@ def _first_oversize_record(
     path: Path, options: CsvOptions, limit: int
 ) -> tuple[int, int, str, int] | None:
     """(data row, line, largest column, row size) of the first record over `limit` bytes."""
-    reader = csv.reader(
-        _text_lines(path, options.encoding, errors="replace"), delimiter=options.delimiter
-    )
-    header: list[str] | None = None
-    data_row = 0
-    line_after_previous = 1
     try:
-        for record in reader:
-            start = line_after_previous
-            line_after_previous = reader.line_num + 1
-            if not record:
-                continue
-            if header is None:
-                header = record
-                continue
-            data_row += 1
-            sizes = [len(value.encode(options.encoding, errors="replace")) for value in record]
+        for record in _csv_records(path, options, errors="replace"):
+            sizes = [len(v.encode(options.encoding, errors="replace")) for v in record.values]
             if sum(sizes) > limit:
-                index = max(range(len(sizes)), key=sizes.__getitem__)
-                name = header[index] if index < len(header) else f"#{index + 1}"
-                return data_row, start, name, sum(sizes)
+                largest = max(range(len(sizes)), key=sizes.__getitem__)
+                return record.row, record.line, record.column(largest), sum(sizes)
     except (OSError, csv.Error):
         return None
     return None
@@ -143,20 +130,9 @@ def _first_oversize_record(
 def _first_ragged_record(path: Path, options: CsvOptions) -> tuple[int | None, int | None]:
     """(data row, line) of the first record whose field count differs from the header's."""
     try:
-        reader = csv.reader(_text_lines(path, options.encoding), delimiter=options.delimiter)
-        expected = None
-        data_row = -CSV_HEADER_LINES
-        line_after_previous = 1
-        for record in reader:
-            start = line_after_previous
-            line_after_previous = reader.line_num + 1
-            if not record:
-                continue
-            data_row += 1
-            if expected is None:
-                expected = len(record)
-            elif len(record) != expected:
-                return data_row, start
+        for record in _csv_records(path, options):
+            if len(record.values) != len(record.header):
+                return record.row, record.line
     except (OSError, UnicodeDecodeError, csv.Error):
         pass
     return None, None
