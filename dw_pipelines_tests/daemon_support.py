@@ -19,6 +19,19 @@ from dagster._daemon.sensor import execute_sensor_iteration
 from dw_pipelines.settings import CODE_LOCATION_NAME, SENSOR_NAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# A test instance whose runs execute inside the process that submits them (`outbox retry` then
+# returns after its run finished).
+SYNC_INSTANCE_YAML = """\
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: DefaultRunCoordinator
+run_launcher:
+  module: dagster._core.launcher.sync_in_memory_run_launcher
+  class: SyncInMemoryRunLauncher
+telemetry:
+  enabled: false
+"""
 LOGGER = logging.getLogger("dw_pipelines_tests.daemon")
 
 

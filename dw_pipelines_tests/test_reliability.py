@@ -22,6 +22,7 @@ from dw_pipelines.definitions import build_definitions
 from dw_pipelines.defs.resources import DwResource
 from dw_pipelines.services import build_queue, build_service, dispose
 from dw_pipelines.settings import SAMPLES_DIR, TAG_JOB_ID
+from dw_pipelines_tests.daemon_support import SYNC_INSTANCE_YAML
 from dw_pipelines_tests.test_ingestion_runs import enqueue, run, storage, without_loaded_at
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -208,17 +209,6 @@ KILLED_RUN_SCRIPT = textwrap.dedent(
     """
 )
 
-INSTANCE_YAML = """\
-run_coordinator:
-  module: dagster._core.run_coordinator
-  class: DefaultRunCoordinator
-run_launcher:
-  module: dagster._core.launcher.sync_in_memory_run_launcher
-  class: SyncInMemoryRunLauncher
-telemetry:
-  enabled: false
-"""
-
 
 @pytest.mark.slow
 def test_a_run_killed_mid_promotion_is_reconciled_then_retried_by_hand(
@@ -229,7 +219,7 @@ def test_a_run_killed_mid_promotion_is_reconciled_then_retried_by_hand(
     )
     dagster_home = tmp_path / "dagster-home"
     dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text(INSTANCE_YAML)
+    (dagster_home / "dagster.yaml").write_text(SYNC_INSTANCE_YAML)
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     job = enqueue(service, "orders", ORDERS_CSV)
     contract = service.contracts.get("orders")
@@ -319,7 +309,7 @@ def test_retrying_a_completed_job_does_not_duplicate_storage(make_env, tmp_path,
     _, service, defs = make_env()
     dagster_home = tmp_path / "dagster-home"
     dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text(INSTANCE_YAML)
+    (dagster_home / "dagster.yaml").write_text(SYNC_INSTANCE_YAML)
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     job = enqueue(service, "orders", ORDERS_CSV)
     with dg.instance_for_test() as instance:

@@ -18,6 +18,7 @@ from dw_pipelines.cli import main as cli_main
 from dw_pipelines.definitions import build_definitions
 from dw_pipelines.services import build_service, dispose
 from dw_pipelines.settings import SAMPLES_DIR
+from dw_pipelines_tests.daemon_support import SYNC_INSTANCE_YAML
 from dw_pipelines_tests.test_ingestion_runs import enqueue, run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,18 +35,6 @@ ALERTS = [
     "DwExporterDown",
     "DwExporterScrapeError",
 ]
-
-# As in test_reliability.py: runs launched by `outbox retry` complete inside the CLI process.
-INSTANCE_YAML = """\
-run_coordinator:
-  module: dagster._core.run_coordinator
-  class: DefaultRunCoordinator
-run_launcher:
-  module: dagster._core.launcher.sync_in_memory_run_launcher
-  class: SyncInMemoryRunLauncher
-telemetry:
-  enabled: false
-"""
 
 BAD_ORDERS = """\
 order_id,customer_id,order_date,amount,currency,status,is_gift,created_at,note
@@ -148,7 +137,7 @@ def test_the_reprocess_blocks_take_a_failed_job_to_completed(
         shutil.copyfile(SAMPLES_DIR / "orders_2026-11-24.csv", source)
         dagster_home = tmp_path / "dagster-home"
         dagster_home.mkdir()
-        (dagster_home / "dagster.yaml").write_text(INSTANCE_YAML)
+        (dagster_home / "dagster.yaml").write_text(SYNC_INSTANCE_YAML)
         env = {
             "PATH": os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", "")]),
             "HOME": str(tmp_path),
