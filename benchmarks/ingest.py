@@ -17,6 +17,8 @@ that its peak RSS is its own:
     dlt           dlt (`pip install -e '.[bench]'`): Arrow batches, CSV loader files (COPY)
     dlt-merge     dlt merge (delete-insert on event_id) into a table holding every key
     dagster       with `--dagster`: `ingest` as a full in-process Dagster run of dw_ingestion_job
+    ingest-s3     with `--s3`: `ingest` reading the same file(s) as `s3://` objects from a local
+                  S3-protocol server (moto's standalone server on loopback, started here)
 
 The wall time is the load only, measured inside the worker (no process start, no imports, no
 enqueue). After each method the parent checks that the target table holds exactly N rows and
@@ -25,6 +27,7 @@ the expected data (sum of user_id: the source's, or after a merge the update fil
     .venv/bin/python benchmarks/ingest.py                    # 1M rows, CSV
     .venv/bin/python benchmarks/ingest.py --rows 10000 --format parquet --repeat 3
     .venv/bin/python benchmarks/ingest.py --files 100 --methods copy,ingest --dagster
+    .venv/bin/python benchmarks/ingest.py --methods copy,ingest --s3
     .venv/bin/python benchmarks/ingest.py --json > result.json
 """
 
@@ -97,6 +100,13 @@ METHODS = {
         Method(
             "dagster",
             "ingest (dagster run)",
+            "append",
+            ("dw_staging", "dw_storage"),
+            "dw_storage.events",
+        ),
+        Method(
+            "ingest-s3",
+            "ingest (service, s3://)",
             "append",
             ("dw_staging", "dw_storage"),
             "dw_storage.events",
@@ -213,6 +223,12 @@ def worker_ingest(config: dict, merge: bool = False) -> dict:
         "rows_of_measured_jobs": rows_of_jobs,
         "job_ids": job_ids,
     }
+
+
+def worker_ingest_s3(config: dict) -> dict:
+    # The AWS SDK inside pyarrow takes its endpoint credentials from the process environment.
+    os.environ.update(config["s3"]["process_env"])
+    return worker_ingest({**config, "files": config["s3"]["files"]})
 
 
 def worker_dagster(config: dict) -> dict:
@@ -368,6 +384,7 @@ WORKERS = {
     "dlt": worker_dlt,
     "dlt-merge": lambda config: worker_dlt(config, merge=True),
     "dagster": worker_dagster,
+    "ingest-s3": worker_ingest_s3,
 }
 
 
@@ -542,6 +559,8 @@ def selected_methods(args: argparse.Namespace) -> tuple[list[Method], list[str]]
     keys = keys or list(DEFAULT_METHODS)
     if args.dagster and "dagster" not in keys:
         keys.append("dagster")
+    if args.s3 and "ingest-s3" not in keys:
+        keys.append("ingest-s3")
     unknown = [k for k in keys if k not in METHODS]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
@@ -579,6 +598,11 @@ def notes(data: Data, args: argparse.Namespace, methods: list[Method]) -> list[s
         if args.pandas_method == "multi":
             chunk = min(chunk, PG_MAX_PARAMETERS // len(bl.COLUMN_NAMES))
         found.append(f"pandas: read_* + to_sql(method={args.pandas_method}, chunksize={chunk:,})")
+    if "ingest-s3" in keys:
+        found.append(
+            "ingest (s3://): the same file(s) uploaded to moto's S3 server on 127.0.0.1 (a "
+            "subprocess) and read with pyarrow's S3FileSystem: HEAD + ranged GETs over HTTP"
+        )
     if keys & set(DLT_METHODS):
         found.append(
             "dlt: pipeline.run(arrow record batches, loader_file_format='csv') with a "
@@ -636,6 +660,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="measurements per method (median)")
     parser.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)}")
     parser.add_argument("--dagster", action="store_true", help="add the full Dagster run")
+    parser.add_argument(
+        "--s3", action="store_true", help="add ingest-s3: the same file(s) from a local S3 server"
+    )
     parser.add_argument("--pandas-method", choices=("default", "multi"), default="default")
     parser.add_argument(
         "--keep-db",
@@ -659,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     methods, skipped = selected_methods(args)
     workdir = Path(tempfile.mkdtemp(prefix="dw_bench_"))
+    s3_server = None
     try:
         data = prepare_data(args, workdir)
         datasets = bl.write_contracts(workdir / "datasets")
@@ -679,6 +707,10 @@ def main(argv: list[str] | None = None) -> int:
                     "DW_HOME": str(workdir / "home"),
                 },
             }
+            if any(m.key == "ingest-s3" for m in methods):
+                s3_server, config["s3"] = start_s3(data, workdir)
+                config["env"]["DW_LANDING_ROOT"] += os.pathsep + S3_ROOT
+                config["env"]["DW_S3_ENDPOINT_URL"] = s3_server.endpoint
             bl.log(
                 f"database {url.rsplit('/', 1)[1]}; {data.rows:,} rows in {len(data.files)} file(s)"
             )
@@ -718,7 +750,37 @@ def main(argv: list[str] | None = None) -> int:
         print(bl.dump_json(document) if args.json else render(document))
         return 0
     finally:
+        if s3_server is not None:
+            s3_server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+S3_BUCKET = "dw-bench"
+S3_ROOT = f"s3://{S3_BUCKET}/landing"
+
+
+def start_s3(data: Data, workdir: Path) -> tuple:
+    """Start moto's S3 server on loopback and upload the data files (not timed)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from dw_pipelines_tests.s3_support import REGION, start_moto_server
+
+    server = start_moto_server(workdir / "moto.log")
+    client = server.client()
+    client.create_bucket(Bucket=S3_BUCKET)
+    files = []
+    for path in data.files:
+        key = f"landing/{path.name}"
+        client.upload_file(str(path), S3_BUCKET, key)
+        files.append(f"s3://{S3_BUCKET}/{key}")
+    bl.log(f"uploaded {len(files)} file(s) to {S3_ROOT} on {server.endpoint}")
+    process_env = {
+        # moto without IAM enforcement accepts any key; the SDK needs one to sign requests.
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    return server, {"files": files, "process_env": process_env}
 
 
 if __name__ == "__main__":

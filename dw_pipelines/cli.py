@@ -80,7 +80,12 @@ def db_upgrade() -> None:
 @click.option(
     "--dataset", required=True, help="Dataset name (a contract in dw_pipelines/datasets)."
 )
-@click.option("--source", "source_uri", required=True, help="Source file path or file:// URI.")
+@click.option(
+    "--source",
+    "source_uri",
+    required=True,
+    help="Source: a local path, a file:// URI or s3://bucket/key (inside DW_LANDING_ROOT).",
+)
 @click.option("--tenant", "tenant_id", default=None, help="Tenant id [default: default].")
 @click.option("--job-id", default=None, help="Job id [default: a new UUID].")
 @click.option("--idempotency-key", default=None, help="Dedup key [default: the job id].")

@@ -8,6 +8,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from dw_pipelines.defs.assets import dataset_assets
+from dw_pipelines.defs.health import health_sensor, outbox_health_asset
 from dw_pipelines.defs.jobs import ingestion_job
 from dw_pipelines.defs.partitions import business_date_partitions
 from dw_pipelines.defs.resources import DwResource
@@ -18,7 +19,8 @@ from dw_pipelines.settings import Settings
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     contracts = load_contracts(settings)
-    warehouse_kind = sa.make_url(settings.warehouse_url).get_backend_name()
+    backend = sa.make_url(settings.warehouse_url).get_backend_name()
+    warehouse_kind = {"postgresql": "postgres"}.get(backend, backend)  # the UI's icon names
     assets = [
         asset
         for contract in contracts
@@ -33,9 +35,13 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         warehouse_url=dg.EnvVar("DW_WAREHOUSE_URL") if settings.warehouse_url_from_env else None,
     )
     return dg.Definitions(
-        assets=assets,
+        assets=[*assets, outbox_health_asset],
         jobs=[job],
-        sensors=[outbox_sensor(job, settings, contracts), reconciler_sensor(settings)],
+        sensors=[
+            outbox_sensor(job, settings, contracts),
+            reconciler_sensor(settings),
+            health_sensor(settings, contracts),
+        ],
         resources={"dw": resource},
     )
 

@@ -41,7 +41,7 @@ def build_queue(
     return DwIngestionJobQueue(
         create_db_engine(settings.database_url),
         contracts or load_contracts(settings),
-        LandingZone(settings.landing_roots),
+        LandingZone(settings.landing_roots, settings.s3_options),
     )
 
 

@@ -10,11 +10,13 @@ default*, SQLite for the outbox, the audit trail and the warehouse.
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from dw_pipelines.core.errors import ConfigurationError
+from dw_pipelines.core.objectstore import S3Options, split_endpoint
 from dw_pipelines.core.retry import RetryPolicy
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -53,11 +55,21 @@ class Settings:
     read_batch_rows: int = 65_536
     max_value_bytes: int = 1 << 20
     pg_load_method: str = "auto"
+    # Object storage (s3:// landing roots). Credentials are not settings: the AWS SDK reads them
+    # from its standard places (AWS_* variables, web identity / IRSA, instance roles), so no
+    # secret passes through this object, its repr or Dagster's config.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_connect_timeout_seconds: float = 10.0
+    s3_request_timeout_seconds: float = 30.0
+    s3_max_attempts: int = 3
     # A run refreshes its PROCESSING rows' heartbeat this often ...
     heartbeat_seconds: float = 30.0
     # ... and the reconciler calls a run dead when its beat is older than this.
     reconcile_after_seconds: int = 300
     reconcile_interval_seconds: int = 60
+    # The outbox health sensor records the queue's state (and dataset freshness) this often.
+    health_interval_seconds: int = 300
     fault_injection: str = ""
     # `metrics serve`: each scrape reads the outbox in one read-only transaction bounded by this
     # statement timeout (PostgreSQL only); connects and `/readyz` give up after the connect timeout.
@@ -79,7 +91,7 @@ class Settings:
         )
         roots_raw = env.get("DW_LANDING_ROOT")
         if roots_raw:
-            landing_roots = tuple(r for r in roots_raw.split(os.pathsep) if r.strip())
+            landing_roots = split_landing_roots(roots_raw)
         else:
             # Embedded default: a landing folder in DW_HOME plus the shipped sample files.
             landing_roots = (str(home / "landing"), str(SAMPLES_DIR))
@@ -108,9 +120,15 @@ class Settings:
             read_batch_rows=_int(env, "DW_READ_BATCH_ROWS", 65_536, minimum=1),
             max_value_bytes=_int(env, "DW_MAX_VALUE_BYTES", 1 << 20, minimum=1),
             pg_load_method=env.get("DW_PG_LOAD_METHOD") or "auto",
+            s3_endpoint_url=_endpoint(env.get("DW_S3_ENDPOINT_URL")),
+            s3_region=env.get("DW_S3_REGION") or None,
+            s3_connect_timeout_seconds=_float(env, "DW_S3_CONNECT_TIMEOUT_SECONDS", 10.0),
+            s3_request_timeout_seconds=_float(env, "DW_S3_REQUEST_TIMEOUT_SECONDS", 30.0),
+            s3_max_attempts=_int(env, "DW_S3_MAX_ATTEMPTS", 3, minimum=1),
             heartbeat_seconds=_float(env, "DW_HEARTBEAT_SECONDS", 30.0),
             reconcile_after_seconds=_int(env, "DW_RECONCILE_AFTER_SECONDS", 300, minimum=1),
             reconcile_interval_seconds=_int(env, "DW_RECONCILE_INTERVAL_SECONDS", 60, minimum=1),
+            health_interval_seconds=_int(env, "DW_HEALTH_INTERVAL_SECONDS", 300, minimum=1),
             fault_injection=env.get("DW_FAULT_INJECTION", ""),
             metrics_statement_timeout_ms=_int(
                 env, "DW_METRICS_STATEMENT_TIMEOUT_MS", 5000, minimum=1
@@ -129,6 +147,33 @@ class Settings:
             base_delay_seconds=self.retry_base_delay_seconds,
             max_delay_seconds=self.retry_max_delay_seconds,
         )
+
+    @property
+    def s3_options(self) -> S3Options:
+        return S3Options(
+            endpoint_url=self.s3_endpoint_url,
+            region=self.s3_region,
+            connect_timeout_seconds=self.s3_connect_timeout_seconds,
+            request_timeout_seconds=self.s3_request_timeout_seconds,
+            max_attempts=self.s3_max_attempts,
+        )
+
+
+def split_landing_roots(raw: str) -> tuple[str, ...]:
+    """`DW_LANDING_ROOT` entries, separated by `os.pathsep`; on POSIX the ':' of a URI scheme
+    (`s3://bucket/prefix`) is not a separator."""
+    if os.pathsep == ":":
+        entries = re.split(r":(?!//)", raw)
+    else:
+        entries = raw.split(os.pathsep)
+    return tuple(entry.strip() for entry in entries if entry.strip())
+
+
+def _endpoint(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    split_endpoint(raw)  # refuses a malformed URL (or one with credentials) at start-up
+    return raw.rstrip("/")
 
 
 def sqlite_url(path: Path) -> str:

@@ -20,7 +20,13 @@ def test_module_level_definitions_load():
 
 def test_assets_per_dataset_and_one_ingestion_job(defs):
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {"staging/orders", "storage/orders", "staging/customers", "storage/customers"}
+    assert keys == {
+        "staging/orders",
+        "storage/orders",
+        "staging/customers",
+        "storage/customers",
+        "dw/outbox_health",
+    }
     job = defs.resolve_job_def("dw_ingestion_job")
     assert job.executor_def.name == "in_process"
     assert job.partitions_def is not None

@@ -75,9 +75,19 @@ def test_a_hand_launch_runs_once_through_the_daemon(
             cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
+    monkeypatch.setenv("DAGSTER_PG_URL", env["DAGSTER_PG_URL"])
+    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home)))
+
+    def finished() -> bool:
+        # The row turns COMPLETED at promotion; the run ends after its storage checks.
+        run = instance.get_run_by_id(claimed.dagster_run_id)
+        return queue.get(job.job_id).status in ("COMPLETED", "FAILED") and (
+            run is not None and run.is_finished
+        )
+
     try:
         deadline = time.monotonic() + 150
-        while queue.get(job.job_id).status not in ("COMPLETED", "FAILED"):
+        while not finished():
             assert daemon.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(1)
@@ -92,8 +102,7 @@ def test_a_hand_launch_runs_once_through_the_daemon(
     second = launch()
     assert second.returncode != 0
     assert "already exists" in (second.stdout + second.stderr).lower()
-    monkeypatch.setenv("DAGSTER_PG_URL", env["DAGSTER_PG_URL"])
-    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
+    with instance:
         runs = instance.get_runs(filters=dg.RunsFilter(tags={TAG_JOB_ID: job.job_id}))
         assert [run.run_id for run in runs] == [claimed.dagster_run_id]
         assert runs[0].status == dg.DagsterRunStatus.SUCCESS

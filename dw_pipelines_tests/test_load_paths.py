@@ -262,3 +262,81 @@ def test_merge_rewrites_changed_rows_and_keeps_unchanged_ones_on_every_path(
     lineage = {k: r["_dw_job_id"] for k, r in rows.items()}
     assert lineage[1] == lineage[3] == job1.job_id  # unchanged rows keep their lineage
     assert lineage[2] == lineage[7] == job2.job_id
+
+
+def run_job(service, source: Path, run_id: str):
+    job = service.queue.enqueue(
+        {"dataset": "every_type", "source_uri": str(source), "business_date": "2026-11-24"}
+    ).job
+    service.stage(service.start(job.job_id, run_id), run_id)
+    return job
+
+
+@pytest.mark.parametrize("path", ["postgres-adbc", "sqlite-executemany"])
+def test_duplicate_keys_are_reported_by_converted_value_with_rows_and_lines(
+    path: str, request: pytest.FixtureRequest, landing_dir: Path, tmp_path: Path
+):
+    # "7" and " 7 " are the same int64 key once converted; the check keeps only hashes, so the
+    # report comes from re-reading the file and must name the same rows and lines as before.
+    fixture, env = PATHS[path]
+    source = landing_dir / "dups.csv"
+    source.write_text(
+        'id,s,i,f,b,d,ts,amount,big\n7,a,,,,,,,\n8,"two\nlines",,,,,,,\n 7 ,c,,,,,,,\n7,d,,,,,,,\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(Exception) as raised:
+        load(request.getfixturevalue(fixture), tmp_path, source, **env)
+    message = str(raised.value)
+    assert "duplicate primary key (id=7) on rows 1 and 3 (lines 2 and 5); 3 rows share it" in (
+        message
+    )
+
+
+def test_large_merges_refresh_the_storage_statistics_and_small_ones_do_not(
+    pg_url: str, landing_dir: Path, tmp_path: Path
+):
+    big = landing_dir / "big.csv"
+    big.write_text(
+        "id,s,i,f,b,d,ts,amount,big\n" + "".join(f"{n},v{n},{n},,,,,,\n" for n in range(3000)),
+        encoding="utf-8",
+    )
+    small = landing_dir / "small.csv"
+    small.write_text("id,s,i,f,b,d,ts,amount,big\n1,changed,,,,,,,\n", encoding="utf-8")
+
+    def statistics(service) -> tuple[float, int]:
+        """(the planner's row estimate, how many times the table was ANALYZEd by hand)"""
+        with service.warehouse.engine.connect() as conn:
+            return conn.execute(
+                sa.text(
+                    "SELECT c.reltuples, s.analyze_count FROM pg_class c "
+                    "JOIN pg_stat_user_tables s ON s.relid = c.oid "
+                    "WHERE c.oid = 'dw_storage.every_type'::regclass"
+                )
+            ).one()
+
+    _, service = load(pg_url, tmp_path, big, mode="merge")
+    try:
+        # Analyzed right after the first load: the planner knows the 3,000 rows.
+        assert statistics(service) == (3000, 1)
+        second = run_job(service, small, "run-2")
+        result = service.promote(second.job_id, "run-2")
+        assert (result.deleted, result.inserted) == (1, 1)
+        assert statistics(service) == (3000, 1)  # 2 changed rows of 3,000: no ANALYZE
+    finally:
+        dispose(service)
+
+
+@pytest.mark.parametrize("path", ["postgres-adbc", "sqlite-executemany"])
+def test_has_staged_rows_follows_staging(
+    path: str, request: pytest.FixtureRequest, csv_source: Path, tmp_path: Path
+):
+    fixture, env = PATHS[path]
+    job, service = load(request.getfixturevalue(fixture), tmp_path, csv_source, **env)
+    try:
+        contract = service.contracts.get("every_type")
+        assert not service.warehouse.has_staged_rows(contract, job.job_id)  # promoted: dropped
+        again = run_job(service, csv_source, "run-2")
+        assert service.warehouse.has_staged_rows(contract, again.job_id)
+        assert service.warehouse.staged_rows(contract, again.job_id) == len(ROWS)
+    finally:
+        dispose(service)

@@ -15,6 +15,7 @@ Contract file format::
       - {name: order_id, type: int64, nullable: false}
       - {name: amount, type: "decimal(12,2)"}
     csv: {delimiter: ",", null_values: [""], encoding: utf-8}   # optional
+    freshness: {max_age_hours: 26}  # optional: storage is stale when no job landed for longer
 """
 
 import codecs
@@ -103,7 +104,13 @@ class DatasetContract:
     description: str | None = None
     owner: str | None = None
     csv: CsvOptions = field(default_factory=CsvOptions)
+    # Hours after the last promoted job when storage counts as stale (None: no freshness check).
+    freshness_max_age_hours: float | None = None
     path: Path | None = None
+
+    @property
+    def required_columns(self) -> list[str]:
+        return [c.name for c in self.columns if not c.nullable]
 
     @property
     def column_names(self) -> list[str]:
@@ -167,6 +174,11 @@ class _CsvModel(BaseModel):
         return value
 
 
+class _FreshnessModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_age_hours: float = Field(gt=0)
+
+
 class _ContractModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -176,6 +188,7 @@ class _ContractModel(BaseModel):
     description: str | None = None
     owner: str | None = None
     csv: _CsvModel = Field(default_factory=_CsvModel)
+    freshness: _FreshnessModel | None = None
 
     @field_validator("name")
     @classmethod
@@ -231,6 +244,7 @@ def parse_contract(data: object, path: Path | None = None) -> DatasetContract:
         description=model.description,
         owner=model.owner,
         csv=CsvOptions(model.csv.delimiter, tuple(model.csv.null_values), model.csv.encoding),
+        freshness_max_age_hours=model.freshness.max_age_hours if model.freshness else None,
         path=path,
     )
 

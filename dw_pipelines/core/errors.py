@@ -84,15 +84,29 @@ class TransientError(DwError):
     permanent = False
 
 
+class SourceUnavailable(TransientError):
+    """The source's store did not answer in time, asked us to slow down or failed (5xx)."""
+
+
 def is_permanent(exc: BaseException) -> bool:
     """Whether retrying `exc` is pointless.
 
     Our own errors say so themselves. Data the database refuses (bad value, constraint) and
     malformed payloads are permanent; lost connections, lock and statement timeouts and other I/O
-    trouble are transient. Anything unknown is retried: a retry is cheap, a lost job is not.
+    trouble are transient. Object-store errors follow the S3 error name: a missing object or
+    bucket and a denied access are permanent, throttling, timeouts and 5xx answers transient.
+    Anything unknown is retried: a retry is cheap, a lost job is not.
     """
     if isinstance(exc, DwError):
         return exc.permanent
+    if isinstance(exc, OSError):
+        # An object-store error that escaped the readers' mapping: the SDK's error name says
+        # whether it can heal (throttling, timeouts) or not (access denied, no such key).
+        from dw_pipelines.core.objectstore import classify_aws_error
+
+        verdict = classify_aws_error(str(exc))
+        if verdict is not None:
+            return verdict[0]
     import pydantic
     import sqlalchemy.exc
 

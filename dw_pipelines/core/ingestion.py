@@ -8,7 +8,7 @@ the storage step after a crash promotes the same rows again.
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -29,7 +29,12 @@ from dw_pipelines.core.readers import (
     open_source,
     read_batches,
 )
-from dw_pipelines.core.validation import DEFAULT_MAX_VALUE_BYTES, KeyTracker, conform_batch
+from dw_pipelines.core.validation import (
+    DEFAULT_MAX_VALUE_BYTES,
+    KeyTracker,
+    conform_batch,
+    conformed_keys,
+)
 from dw_pipelines.core.warehouse import Warehouse
 
 
@@ -44,16 +49,25 @@ class StageResult:
     format: str
     size_bytes: int
     seconds: float
+    # Identifies the version of the file that was read: size and mtime of a local file; size,
+    # ETag, Last-Modified (and version id) of an object.
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    # Compared with the job's previous STAGED fingerprint: None on the first load.
+    source_changed: bool | None = None
 
     def details(self) -> dict[str, Any]:
-        return {
+        details = {
             "rows": self.rows,
             "batches": self.batches,
             "source_uri": self.source_uri,
             "format": self.format,
             "size_bytes": self.size_bytes,
             "seconds": round(self.seconds, 3),
+            "fingerprint": self.fingerprint,
         }
+        if self.source_changed is not None:
+            details["source_changed"] = self.source_changed
+        return details
 
 
 @dataclass(frozen=True)
@@ -95,7 +109,8 @@ def check_consistent(job: OutboxJob, contracts: ContractRegistry) -> None:
 
 
 def _raise_if_duplicate(keys: KeyTracker, contract: DatasetContract, source: SourceFile) -> None:
-    duplicate = keys.first_duplicate()
+    # The tracker keeps key hashes only; on a repeated hash it re-reads the keys from the file.
+    duplicate = keys.first_duplicate(lambda: conformed_keys(source, contract))
     if duplicate is None:
         return
     key_values, rows, occurrences = duplicate
@@ -175,25 +190,38 @@ class IngestionService:
         rows = self.warehouse.load_staging(
             contract, job.job_id, conformed(), size_hint=source.size_bytes
         )
+        previous = self._previous_fingerprint(job.job_id)
         result = StageResult(
             job_id=job.job_id,
             dataset=job.dataset,
             rows=rows,
             batches=batches,
             source_uri=command.source_uri,
-            source_path=str(source.path),
+            source_path=source.location,
             format=source.format,
             size_bytes=source.size_bytes,
             seconds=time.monotonic() - started,
+            fingerprint=source.fingerprint,
+            source_changed=None if previous is None else previous != source.fingerprint,
         )
         self.queue.record_step(job.job_id, run_id, STAGED, result.details())
         return result
 
-    def promote(self, job_id: str, run_id: str, dataset: str | None = None) -> PromoteResult:
+    def _previous_fingerprint(self, job_id: str) -> dict[str, Any] | None:
+        """The source fingerprint of the job's last STAGED event, if any (a rerun)."""
+        for event in reversed(self.queue.audit_trail(job_id)):
+            if event.event == STAGED and (event.details or {}).get("fingerprint"):
+                return event.details["fingerprint"]
+        return None
+
+    def promote(
+        self, job_id: str, run_id: str, dataset: str | None = None, keep_staging: bool = False
+    ) -> PromoteResult:
         """Atomically write the staged rows into storage, then mark the job COMPLETED.
 
         The run takes the job first if it does not hold it yet (a re-execution of the storage
-        step), but only once it knows there is something to promote.
+        step), but only once it knows there is something to promote. `keep_staging` leaves the
+        staged rows for checks that compare storage with them; call `discard_staging` after.
         """
         started = time.monotonic()
         job = self.queue.get(job_id)
@@ -226,8 +254,12 @@ class IngestionService:
         )
         self.queue.record_step(job_id, run_id, PROMOTED, result.details())
         self.queue.complete(job_id, run_id, rows_loaded=counts.rows, details=result.details())
-        self.warehouse.discard_staging(contract, job_id)
+        if not keep_staging:
+            self.warehouse.discard_staging(contract, job_id)
         return result
+
+    def discard_staging(self, job_id: str, dataset: str) -> None:
+        self.warehouse.discard_staging(self.contracts.get(dataset), job_id)
 
     def fail(self, job_id: str, run_id: str, error: str) -> OutboxJob:
         """Mark FAILED. Storage is never touched.

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from dw_pipelines.core.commands import DwIngestionCommand
 from dw_pipelines.core.contracts import ContractRegistry
-from dw_pipelines.core.db import as_utc, audit, outbox, utcnow
+from dw_pipelines.core.db import OUTBOX_STATUSES, as_utc, audit, outbox, utcnow
 from dw_pipelines.core.errors import CommandError, InvalidTransition, JobNotFound, SchemaNotReady
 from dw_pipelines.core.landing import LandingZone
 
@@ -142,6 +142,20 @@ class AuditEvent:
             "at": self.at.isoformat(),
             "details": self.details,
         }
+
+
+@dataclass(frozen=True)
+class OutboxHealth:
+    counts: dict[str, int]  # every status, zero included
+    oldest_pending_at: datetime | None
+    recent_failures: list[OutboxJob]  # newest first
+    at: datetime  # when it was read
+
+    @property
+    def oldest_pending_age_seconds(self) -> float | None:
+        if self.oldest_pending_at is None:
+            return None
+        return max(0.0, (self.at - self.oldest_pending_at).total_seconds())
 
 
 @dataclass(frozen=True)
@@ -675,6 +689,32 @@ class DwIngestionJobQueue:
                 sa.select(outbox.c.status, sa.func.count()).group_by(outbox.c.status)
             ).all()
         return {status: count for status, count in rows}
+
+    def health(self, recent_failures: int = 5) -> "OutboxHealth":
+        """The queue at a glance (the UI's outbox health asset): rows per status, the oldest
+        PENDING row's enqueue time, and the most recent failures with their errors."""
+        with self._read() as conn:
+            counts = dict(
+                conn.execute(
+                    sa.select(outbox.c.status, sa.func.count()).group_by(outbox.c.status)
+                ).all()
+            )
+            oldest = conn.execute(
+                sa.select(sa.func.min(outbox.c.created_at)).where(outbox.c.status == "PENDING")
+            ).scalar_one_or_none()
+            failed = conn.execute(
+                sa.select(outbox)
+                .where(outbox.c.status == "FAILED")
+                .order_by(outbox.c.updated_at.desc(), outbox.c.job_id)
+                .limit(recent_failures)
+            ).mappings()
+            failures = [OutboxJob.from_row(r) for r in failed]
+        return OutboxHealth(
+            counts={status: counts.get(status, 0) for status in OUTBOX_STATUSES},
+            oldest_pending_at=as_utc(oldest) if oldest is not None else None,
+            recent_failures=failures,
+            at=self.clock(),
+        )
 
     # --------------------------------------------------------------------------- internals
 

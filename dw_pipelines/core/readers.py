@@ -6,6 +6,12 @@ as stored. `validation.conform_batch` then casts each batch to the contract's sc
 
 Each reader checks the header (column names) against the contract before the first batch, and
 turns parser errors into `ContractViolation`/`SourceError` that name the file and the line.
+
+A source is a local file or an object in S3-compatible storage (`core.objectstore`). Both are
+read through pyarrow streams, so the same parsers, contracts and messages apply; an object is
+read with ranged GETs (text a block at a time, Parquet by footer and column chunk) and named by
+its `s3://bucket/key` URI in every message. Store errors keep their class: throttling and
+timeouts stay transient (`SourceUnavailable`), a denied or missing object is permanent.
 """
 
 import csv
@@ -15,7 +21,9 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -23,19 +31,54 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from dw_pipelines.core.contracts import ColumnType, CsvOptions, DatasetContract
-from dw_pipelines.core.errors import ContractViolation, SourceError
+from dw_pipelines.core.errors import ContractViolation, DwError, SourceError
+from dw_pipelines.core.objectstore import ObjectSource, classify_aws_error
+
+# The error-path scanners read text line by line; over object storage each refill of this buffer
+# is one ranged GET, so it is large enough to keep the requests few.
+_SCAN_BUFFER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
 class SourceFile:
-    path: Path
+    path: Path | PurePosixPath  # local file, or `bucket/key` of `obj`
     format: str
     size_bytes: int
     csv: CsvOptions = field(default_factory=CsvOptions)  # CSV dialect, for line look-ups
+    obj: ObjectSource | None = field(default=None, compare=False)  # set for object storage
+    # What identifies this version of the file (size, mtime or ETag): audited when staged, so
+    # a rerun can tell whether the file changed since an earlier load.
+    fingerprint: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def name(self) -> str:
-        return self.path.name
+        """How messages name the file: its file name, or the object's full s3:// URI."""
+        return self.obj.uri if self.obj is not None else self.path.name
+
+    @property
+    def location(self) -> str:
+        return self.obj.uri if self.obj is not None else str(self.path)
+
+    def open_stream(self, buffer_size: int | None = None) -> pa.NativeFile:
+        """The file as a sequential stream, decompressed by its extension (raises OSError)."""
+        if self.obj is not None:
+            return self.obj.open_stream(buffer_size)
+        return pa.input_stream(str(self.path), compression="detect", buffer_size=buffer_size)
+
+    def parquet_source(self) -> "str | pa.NativeFile":
+        """What `pq.ParquetFile` reads: the local path, or a random-access object (ranged GETs)."""
+        if self.obj is not None:
+            return self.obj.open_file()
+        return str(self.path)
+
+    def io_error(self, exc: OSError, what: str = "cannot read") -> DwError:
+        """The domain error for an I/O failure: store errors keep their class and name the
+        bucket and key; other failures (a bad compressed stream ...) are permanent."""
+        if self.obj is not None and (
+            isinstance(exc, FileNotFoundError) or classify_aws_error(str(exc)) is not None
+        ):
+            return self.obj.error(exc)
+        return SourceError(f"{self.name}: {what}: {exc}")
 
     def line_of_row(self, row: int) -> int | None:
         """1-based line where the 1-based data row `row` starts (None for Parquet).
@@ -47,8 +90,8 @@ class SourceFile:
             return None
         try:
             if self.format == "jsonl":
-                return _jsonl_line_of_row(self.path, row)
-            return _csv_line_of_row(self.path, row, self.csv)
+                return _jsonl_line_of_row(self, row)
+            return _csv_line_of_row(self, row, self.csv)
         except (OSError, UnicodeDecodeError, csv.Error):
             return None
 
@@ -58,8 +101,8 @@ class SourceFile:
 csv.field_size_limit(1 << 30)
 
 
-def _text_lines(path: Path, encoding: str, errors: str = "strict") -> Iterator[str]:
-    with pa.input_stream(str(path), compression="detect") as stream:
+def _text_lines(source: SourceFile, encoding: str, errors: str = "strict") -> Iterator[str]:
+    with source.open_stream(buffer_size=_SCAN_BUFFER_BYTES) as stream:
         wrapper = io.TextIOWrapper(stream, encoding=encoding, errors=errors, newline="")
         yield from wrapper
 
@@ -75,10 +118,13 @@ class _CsvRecord:
         return self.header[index] if index < len(self.header) else f"#{index + 1}"
 
 
-def _csv_records(path: Path, options: CsvOptions, errors: str = "strict") -> Iterator[_CsvRecord]:
+def _csv_records(
+    source: SourceFile, options: CsvOptions, errors: str = "strict"
+) -> Iterator[_CsvRecord]:
     """The file's data records with their row and starting line, as pyarrow counts rows:
     blank lines are skipped, a quoted value may span lines. For error reports only (slow)."""
-    reader = csv.reader(_text_lines(path, options.encoding, errors), delimiter=options.delimiter)
+    lines = _text_lines(source, options.encoding, errors)
+    reader = csv.reader(lines, delimiter=options.delimiter)
     header: list[str] | None = None
     data_row = 0
     next_line = 1
@@ -93,10 +139,10 @@ def _csv_records(path: Path, options: CsvOptions, errors: str = "strict") -> Ite
         yield _CsvRecord(data_row, line, values, header)
 
 
-def _first_undecodable(path: Path, options: CsvOptions) -> tuple[int, int, str] | None:
+def _first_undecodable(source: SourceFile, options: CsvOptions) -> tuple[int, int, str] | None:
     """(data row, line, column) of the first value that is not valid text in the encoding."""
     try:
-        for record in _csv_records(path, options, errors="surrogateescape"):
+        for record in _csv_records(source, options, errors="surrogateescape"):
             for index, value in enumerate(record.values):
                 if any("\udc80" <= ch <= "\udcff" for ch in value):
                     return record.row, record.line, record.column(index)
@@ -105,19 +151,19 @@ def _first_undecodable(path: Path, options: CsvOptions) -> tuple[int, int, str] 
     return None
 
 
-def _csv_line_of_row(path: Path, row: int, options: CsvOptions) -> int | None:
-    for record in _csv_records(path, options):
+def _csv_line_of_row(source: SourceFile, row: int, options: CsvOptions) -> int | None:
+    for record in _csv_records(source, options):
         if record.row == row:
             return record.line
     return None
 
 
 def _first_oversize_record(
-    path: Path, options: CsvOptions, limit: int
+    source: SourceFile, options: CsvOptions, limit: int
 ) -> tuple[int, int, str, int] | None:
     """(data row, line, largest column, row size) of the first record over `limit` bytes."""
     try:
-        for record in _csv_records(path, options, errors="replace"):
+        for record in _csv_records(source, options, errors="replace"):
             sizes = [len(v.encode(options.encoding, errors="replace")) for v in record.values]
             if sum(sizes) > limit:
                 largest = max(range(len(sizes)), key=sizes.__getitem__)
@@ -127,10 +173,10 @@ def _first_oversize_record(
     return None
 
 
-def _first_ragged_record(path: Path, options: CsvOptions) -> tuple[int | None, int | None]:
+def _first_ragged_record(source: SourceFile, options: CsvOptions) -> tuple[int | None, int | None]:
     """(data row, line) of the first record whose field count differs from the header's."""
     try:
-        for record in _csv_records(path, options):
+        for record in _csv_records(source, options):
             if len(record.values) != len(record.header):
                 return record.row, record.line
     except (OSError, UnicodeDecodeError, csv.Error):
@@ -138,9 +184,9 @@ def _first_ragged_record(path: Path, options: CsvOptions) -> tuple[int | None, i
     return None, None
 
 
-def _jsonl_line_of_row(path: Path, row: int) -> int | None:
+def _jsonl_line_of_row(source: SourceFile, row: int) -> int | None:
     data_row = 0
-    for number, line in enumerate(_text_lines(path, "utf-8"), start=1):
+    for number, line in enumerate(_text_lines(source, "utf-8"), start=1):
         if line.strip():
             data_row += 1
             if data_row == row:
@@ -156,24 +202,57 @@ _MAGIC = {
 }
 
 
-def open_source(path: Path, fmt: str, csv_options: CsvOptions | None = None) -> SourceFile:
-    """Check the file can be read as `fmt` before any parsing: present, not empty, not disguised."""
-    try:
-        size = os.stat(path).st_size
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
+def open_source(
+    source: "Path | ObjectSource", fmt: str, csv_options: CsvOptions | None = None
+) -> SourceFile:
+    """Check the file can be read as `fmt` before any parsing: present, not empty, not disguised.
+
+    `source` is what `LandingZone.resolve` returns: a local path, or an object whose HEAD
+    (size, ETag) it already holds; its first bytes are then one ranged GET.
+    """
+    if isinstance(source, ObjectSource):
+        size, name, shown = source.info.size_bytes, source.name, source.uri
+        path: Path | PurePosixPath = PurePosixPath(source.location.fs_path)
+        fingerprint = source.info.fingerprint()
+        head = b""
+        if size:
+            try:
+                with source.open_file() as handle:
+                    head = handle.read_at(4, 0)
+            except OSError as exc:
+                raise source.error(exc) from None
+    else:
+        path = source
+        try:
+            stat = os.stat(path)
+            with open(path, "rb") as handle:
+                head = handle.read(4)
+        except OSError as exc:
+            raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
+        size, name, shown = stat.st_size, path.name, path.name
+        # Size and modification time: free with the stat above. A content hash would cost a
+        # second full read of every file on the hot path.
+        fingerprint = {
+            "size_bytes": size,
+            "mtime": datetime.fromtimestamp(stat.st_mtime_ns / 1e9, UTC).isoformat(),
+        }
     if size == 0:
-        raise SourceError(f"{path.name}: the file is empty (0 bytes)")
+        raise SourceError(f"{shown}: the file is empty (0 bytes)")
     if fmt in ("csv", "jsonl"):
         for magic, suffix in _MAGIC.items():
-            if head.startswith(magic) and not path.name.lower().endswith(suffix):
+            if head.startswith(magic) and not name.lower().endswith(suffix):
                 raise SourceError(
-                    f"{path.name}: the file is {suffix[1:]}-compressed but not named so; "
-                    f"name it {path.name}{suffix} to have it decompressed"
+                    f"{shown}: the file is {suffix[1:]}-compressed but not named so; "
+                    f"name it {name}{suffix} to have it decompressed"
                 )
-    return SourceFile(path=path, format=fmt, size_bytes=size, csv=csv_options or CsvOptions())
+    return SourceFile(
+        path=path,
+        format=fmt,
+        size_bytes=size,
+        csv=csv_options or CsvOptions(),
+        obj=source if isinstance(source, ObjectSource) else None,
+        fingerprint=fingerprint,
+    )
 
 
 # Text is parsed a block at a time and no row may be larger than one block. The reader keeps a few
@@ -197,6 +276,9 @@ def read_batches(
         yield from _read_jsonl(source, contract, batch_rows, block_bytes)
     else:  # guarded by command validation; kept for callers that skip it
         raise SourceError(f"{source.name}: unsupported format '{source.format}'")
+    if source.obj is not None:
+        # Raised inside the stream, so the caller's staging load rolls back and is retried.
+        source.obj.check_unchanged()
 
 
 def check_columns(source: SourceFile, found: list[str], contract: DatasetContract) -> None:
@@ -238,7 +320,7 @@ def _read_csv(
         return "error"
 
     try:
-        stream = pa.input_stream(str(source.path), compression="detect")
+        stream = source.open_stream()
         reader = pacsv.open_csv(
             stream,
             read_options=pacsv.ReadOptions(block_size=block_size, encoding=options.encoding),
@@ -258,7 +340,7 @@ def _read_csv(
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise _csv_error(source, options, exc, bad_rows, block_bytes) from None
     except OSError as exc:
-        raise SourceError(f"{source.name}: cannot read: {exc}") from None
+        raise source.io_error(exc) from None
     check_columns(source, reader.schema.names, contract)
     with reader:
         while True:
@@ -269,7 +351,7 @@ def _read_csv(
             except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
                 raise _csv_error(source, options, exc, bad_rows, block_bytes) from None
             except OSError as exc:
-                raise SourceError(f"{source.name}: cannot read: {exc}") from None
+                raise source.io_error(exc) from None
             yield from _rechunk(batch.select(contract.column_names), batch_rows)
 
 
@@ -279,7 +361,7 @@ def _csv_error(
     if bad_rows:
         bad = bad_rows[0]
         # The multi-threaded parser does not know line numbers: find the row again, slowly.
-        row, line = _first_ragged_record(source.path, options)
+        row, line = _first_ragged_record(source, options)
         return ContractViolation(
             f"expected {bad.expected_columns} fields, found {bad.actual_columns}: "
             f"{bad.text[:200]!r}",
@@ -289,7 +371,7 @@ def _csv_error(
         )
     message = str(exc).splitlines()[0]
     if "straddling" in message or "block size" in message:
-        where = _first_oversize_record(source.path, options, block_bytes)
+        where = _first_oversize_record(source, options, block_bytes)
         problem = (
             f"a row is larger than the read block of {block_bytes} bytes (an oversize value, "
             "or an unbalanced quote that runs on; values may be at most DW_MAX_VALUE_BYTES)"
@@ -305,7 +387,7 @@ def _csv_error(
             column=column,
         )
     if isinstance(exc, UnicodeDecodeError) or "invalid utf" in message.lower():
-        where = _first_undecodable(source.path, options)
+        where = _first_undecodable(source, options)
         problem = f"not valid {options.encoding} text (declare the file's encoding in the contract)"
         if where is None:
             return SourceError(f"{source.name}: {problem}: {message}")
@@ -317,16 +399,36 @@ def _csv_error(
 def _read_parquet(
     source: SourceFile, contract: DatasetContract, batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
+    handle = None
     try:
-        parquet = pq.ParquetFile(str(source.path))
-    except (pa.ArrowInvalid, OSError) as exc:
+        handle = source.parquet_source()
+        # Over object storage, pre-buffering coalesces a row group's column chunks into a few
+        # large ranged GETs instead of one small request per column.
+        parquet = pq.ParquetFile(handle, pre_buffer=source.obj is not None)
+    except pa.ArrowInvalid as exc:
+        _close(handle)
         raise SourceError(f"{source.name}: not a readable Parquet file: {exc}") from None
-    check_columns(source, parquet.schema_arrow.names, contract)
-    with parquet:
-        try:
-            yield from parquet.iter_batches(batch_size=batch_rows, columns=contract.column_names)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise SourceError(f"{source.name}: corrupt Parquet data: {exc}") from None
+    except OSError as exc:
+        _close(handle)
+        raise source.io_error(exc, "not a readable Parquet file") from None
+    try:
+        check_columns(source, parquet.schema_arrow.names, contract)
+        with parquet:
+            try:
+                yield from parquet.iter_batches(
+                    batch_size=batch_rows, columns=contract.column_names
+                )
+            except pa.ArrowInvalid as exc:
+                raise SourceError(f"{source.name}: corrupt Parquet data: {exc}") from None
+            except OSError as exc:
+                raise source.io_error(exc, "corrupt Parquet data") from None
+    finally:
+        _close(handle)
+
+
+def _close(handle: object) -> None:
+    if isinstance(handle, pa.NativeFile):
+        handle.close()
 
 
 def _jsonl_read_type(arrow_type: pa.DataType) -> pa.DataType:
@@ -341,7 +443,7 @@ def _read_jsonl(
 ) -> Iterator[pa.RecordBatch]:
     schema = pa.schema([pa.field(f.name, _jsonl_read_type(f.type)) for f in contract.arrow_schema])
     try:
-        stream = pa.input_stream(str(source.path), compression="detect")
+        stream = source.open_stream()
         reader = pajson.open_json(
             stream,
             read_options=pajson.ReadOptions(block_size=block_bytes),
@@ -354,18 +456,25 @@ def _read_jsonl(
     except pa.ArrowInvalid as exc:
         raise _locate_jsonl_error(source, contract, exc) from None
     except OSError as exc:
-        raise SourceError(f"{source.name}: cannot read: {exc}") from None
+        raise source.io_error(exc) from None
 
 
 def _locate_jsonl_error(source: SourceFile, contract: DatasetContract, exc: Exception) -> Exception:
     """Slow path, on failure only: find the first bad line with the standard json module."""
     expected = set(contract.column_names)
     try:
-        with pa.input_stream(str(source.path), compression="detect") as stream:
-            text_lines = stream.read().decode("utf-8").splitlines()
+        return _first_bad_jsonl_line(source, contract, expected, exc)
     except UnicodeDecodeError as decode_error:
         return SourceError(f"{source.name}: not valid UTF-8: {decode_error}")
-    for number, text in enumerate(text_lines, start=1):
+    except OSError as io_error:
+        return source.io_error(io_error)
+
+
+def _first_bad_jsonl_line(
+    source: SourceFile, contract: DatasetContract, expected: set[str], exc: Exception
+) -> Exception:
+    # Streamed line by line: a bad line far into a large object is found without holding it.
+    for number, text in enumerate(_text_lines(source, "utf-8"), start=1):
         if not text.strip():
             continue
         try:

@@ -5,12 +5,15 @@ do we look for the first offending value, by bisecting the column (a logarithmic
 so the error can name the row, line, column and value.
 """
 
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from dw_pipelines.core.contracts import ColumnSpec, DatasetContract
-from dw_pipelines.core.errors import ContractViolation
-from dw_pipelines.core.readers import SourceFile
+from dw_pipelines.core.errors import ContractViolation, SourceError
+from dw_pipelines.core.readers import DEFAULT_BLOCK_BYTES, SourceFile, read_batches
 
 # An ISO-8601 timestamp that already carries an offset after its time part.
 _HAS_OFFSET = r"[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?)$"
@@ -178,51 +181,284 @@ def _violation(source: SourceFile, row: int, spec: ColumnSpec, message: str) -> 
     )
 
 
-class KeyTracker:
-    """Finds primary-key duplicates within one file, in Arrow, while the file streams by.
+# Key hashing: one 64-bit value per row. Equal keys always hash alike; different keys collide
+# with probability ~n²/2⁶⁵ (1e-6 at 5M rows) or by construction (the string hash is polynomial),
+# and a collision only costs an exact re-check, never a wrong verdict.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_STRING_BASE = np.uint64(0x100000001B3)
+_NULL_HASH = np.uint64(0x5BD1E9955BD1E995)
+_powers = np.ones(1, dtype=np.uint64)
+_STRING_CHUNK_BYTES = 1 << 20
 
-    Only the key columns of each batch are kept (8 bytes a row for an int64 key). At the end one
-    sort puts equal keys side by side; comparing neighbours finds duplicates. A sort needs about
-    twice the keys' size, far less than a hash group-by (measured ~0.5 GB for 5M keys).
+
+def _mix(values: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, in place on a uint64 array: spreads every input bit."""
+    values ^= values >> np.uint64(30)
+    values *= np.uint64(0xBF58476D1CE4E5B9)
+    values ^= values >> np.uint64(27)
+    values *= np.uint64(0x94D049BB133111EB)
+    values ^= values >> np.uint64(31)
+    return values
+
+
+def _string_powers(length: int) -> np.ndarray:
+    global _powers
+    if len(_powers) < length:
+        grown = np.full(max(length, 2 * len(_powers)), _STRING_BASE, dtype=np.uint64)
+        grown[0] = 1
+        _powers = np.cumprod(grown, dtype=np.uint64)  # wraps modulo 2⁶⁴, as wanted
+    return _powers[:length]
+
+
+def _hash_binary(array: pa.Array) -> np.ndarray:
+    """Σ byte_j · B^j over each value's bytes (modulo 2⁶⁴), mixed with its length: a few numpy
+    passes over the data buffer, no Python object per value."""
+    if pa.types.is_string(array.type) or pa.types.is_binary(array.type):
+        offset_type = np.int32
+    else:
+        offset_type = np.int64
+    _, offsets_buffer, data_buffer = array.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=offset_type)[
+        array.offset : array.offset + len(array) + 1
+    ].astype(np.int64)
+    if offsets[-1] - offsets[0] > _STRING_CHUNK_BYTES and len(array) > 1:
+        # The passes below use ~32 bytes of scratch per data byte: bound them by hashing
+        # slices of at most _STRING_CHUNK_BYTES of text each (or one longer value alone).
+        parts = []
+        start = 0
+        while start < len(array):
+            end = int(np.searchsorted(offsets, offsets[start] + _STRING_CHUNK_BYTES, "right")) - 1
+            end = max(end, start + 1)
+            parts.append(_hash_binary(array.slice(start, end - start)))
+            start = end
+        return np.concatenate(parts)
+    lengths = np.diff(offsets)
+    begin = offsets[0]
+    total = int(offsets[-1] - begin)
+    if total:
+        data = np.frombuffer(data_buffer, dtype=np.uint8, count=total, offset=int(begin))
+        starts = offsets[:-1] - begin
+        position = np.arange(total, dtype=np.int64)
+        position -= np.repeat(starts, lengths)
+        terms = _string_powers(int(lengths.max()))[position]
+        del position
+        terms *= data
+        sums = np.zeros(total + 1, dtype=np.uint64)
+        np.cumsum(terms, out=sums[1:])
+        del terms
+        hashes = sums[offsets[1:] - begin] - sums[starts]
+    else:
+        hashes = np.zeros(len(array), dtype=np.uint64)
+    hashes ^= lengths.astype(np.uint64) * _GOLDEN
+    return _mix(hashes)
+
+
+def _hash_column(array: pa.Array) -> np.ndarray:
+    if not len(array):
+        return np.empty(0, dtype=np.uint64)
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        array = array.dictionary_decode()
+        kind = array.type
+    if (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+    ):
+        hashes = _hash_binary(array)
+    elif pa.types.is_boolean(kind):
+        hashes = _mix(pc.cast(array, pa.uint8()).to_numpy(zero_copy_only=False).astype(np.uint64))
+    elif pa.types.is_floating(kind):
+        values = array.to_numpy(zero_copy_only=False).astype(np.float64)
+        values += 0.0  # -0.0 becomes 0.0: Arrow (and PostgreSQL) hold them equal
+        hashes = _mix(values.view(np.uint64))
+    elif pa.types.is_integer(kind) or pa.types.is_temporal(kind) or pa.types.is_decimal(kind):
+        # Integers, dates, timestamps, decimals: hash the fixed-width value bytes themselves
+        # (one value's bytes are canonical: decimals of one type share their scale).
+        width = kind.bit_width // 8
+        per_value = max(width // 8, 1)
+        words = np.frombuffer(
+            array.buffers()[1],
+            dtype=f"<u{min(width, 8)}",
+            offset=array.offset * width,
+            count=len(array) * per_value,
+        ).astype(np.uint64)
+        words = words.reshape(len(array), per_value)
+        hashes = _mix(words[:, 0].copy())
+        for index in range(1, per_value):
+            hashes = _mix(hashes * _GOLDEN + words[:, index])
+    else:  # not a contract type; correct, if slow
+        values = [str(value) for value in array.to_pylist()]
+        hashes = _hash_binary(pa.array(values, pa.string()))
+    if array.null_count:
+        hashes[array.is_null().to_numpy(zero_copy_only=False)] = _NULL_HASH
+    return hashes
+
+
+def hash_keys(batch: pa.RecordBatch, key_columns: tuple[str, ...]) -> np.ndarray:
+    """One uint64 per row of `batch`, combining the hashes of its `key_columns`."""
+    combined: np.ndarray | None = None
+    for name in key_columns:
+        hashes = _hash_column(batch.column(name))
+        combined = hashes if combined is None else _mix(combined * _GOLDEN + hashes)
+    assert combined is not None
+    return combined
+
+
+DuplicateKey = tuple[dict[str, object], tuple[int, ...], int]
+_RANGES = 32
+_MAX_HASH = (1 << 64) - 1
+_RANGE_WIDTH = (1 << 64) // _RANGES
+
+
+class KeyTracker:
+    """Finds primary-key duplicates within one file while the file streams by.
+
+    Keeps one 64-bit hash per row (8 bytes a row whatever the key, in numpy arrays: 40 MB for 5M
+    rows) instead of the key values, which cost ~24 bytes a row for an int64 key once sorted
+    (and more for text). Each batch's hashes are sorted as they arrive; at the end equal hashes
+    are found one hash range at a time. Only if two hashes are equal (a duplicate, or very
+    rarely a collision) does `first_duplicate` read the keys again, through `rescan`, to decide
+    exactly and to name the rows: the happy path never needs the values back.
     """
 
     def __init__(self, key_columns: tuple[str, ...]):
         self.key_columns = key_columns
-        self._parts: list[pa.RecordBatch] = []
+        self._parts: list[np.ndarray] = []  # each batch's key hashes, sorted
+        self._rows = 0
+        self._candidates: np.ndarray | None = None
 
     def add(self, batch: pa.RecordBatch) -> None:
-        if self.key_columns:
-            self._parts.append(batch.select(list(self.key_columns)))
+        if self.key_columns and batch.num_rows:
+            hashes = hash_keys(batch, self.key_columns)
+            hashes.sort()  # sorted parts let the end work one hash range at a time
+            self._parts.append(hashes)
+        self._rows += batch.num_rows
 
-    def first_duplicate(self) -> tuple[dict[str, object], tuple[int, ...], int] | None:
-        """(key, the first two 1-based rows holding it, how many rows share it), or None."""
-        if not self.key_columns or not self._parts:
+    def _repeated_hashes(self) -> np.ndarray:
+        """The sorted distinct hash values held by more than one row.
+
+        Equal hashes fall into the same range of values, so the ranges are checked one after
+        the other: gathering one range from the sorted parts costs 1/_RANGES of the hashes'
+        memory, where concatenating them all would double it (80 MB at 5M rows).
+        """
+        found = []
+        for index in range(_RANGES):
+            low, high = index * _RANGE_WIDTH, (index + 1) * _RANGE_WIDTH
+            slices = []
+            for part in self._parts:
+                start = 0 if index == 0 else np.searchsorted(part, np.uint64(low))
+                end = len(part) if high > _MAX_HASH else np.searchsorted(part, np.uint64(high))
+                if end > start:
+                    slices.append(part[start:end])
+            if not slices:
+                continue
+            hashes = np.concatenate(slices)
+            hashes.sort()
+            found.append(np.unique(hashes[1:][hashes[1:] == hashes[:-1]]))
+        return np.concatenate(found) if found else np.empty(0, dtype=np.uint64)
+
+    def first_duplicate(
+        self, rescan: Callable[[], Iterable[pa.RecordBatch]]
+    ) -> DuplicateKey | None:
+        """(key, the first two 1-based rows holding it, how many rows share it), or None.
+
+        Args:
+            rescan: gives the same rows again, in the same order and with the same (conformed)
+                key values, as batches holding at least the key columns. Only called when two
+                rows share a hash.
+        """
+        if not self.key_columns or self._rows < 2:
             return None
-        keys = pa.Table.from_batches(self._parts).combine_chunks()
-        count = keys.num_rows
-        if count < 2:
+        if self._candidates is None:
+            self._candidates = self._repeated_hashes()
+            self._parts = []  # not needed any more: free them before a re-read
+        if not len(self._candidates):
             return None
-        names = list(self.key_columns)
-        order = pc.sort_indices(keys, sort_keys=[(name, "ascending") for name in names])
-        ordered = keys.take(order)
-        same_as_next = None
-        for name in names:
-            column = ordered[name]
-            equal = pc.equal(column.slice(1), column.slice(0, count - 1))
-            same_as_next = equal if same_as_next is None else pc.and_(same_as_next, equal)
-        if not pc.any(same_as_next).as_py():
-            return None
-        # Rows (0-based) that hold a repeated key; the smallest is the earliest repeated key's
-        # first occurrence.
-        positions = pc.indices_nonzero(same_as_next)
-        following = pc.add(positions, pa.scalar(1, positions.type))
-        repeated_rows = pc.take(order, pa.concat_arrays([positions, following]))
-        first = pc.min(repeated_rows).as_py()
-        key = {name: keys[name][first].as_py() for name in names}
-        mask = None
-        for name in names:
-            equal = pc.equal(keys[name], keys[name][first])
-            mask = equal if mask is None else pc.and_(mask, equal)
-        matches = pc.indices_nonzero(mask)
-        rows = tuple(index + 1 for index in matches.slice(0, 2).to_pylist())
-        return key, rows, len(matches)
+        return _exact_duplicate(self.key_columns, self._candidates, rescan())
+
+
+def _exact_duplicate(
+    key_columns: tuple[str, ...], candidates: np.ndarray, batches: Iterable[pa.RecordBatch]
+) -> DuplicateKey | None:
+    """The first real duplicate among the rows whose key hash is one of `candidates`."""
+    names = list(key_columns)
+    parts: list[pa.RecordBatch] = []
+    first_row = 1
+    for batch in batches:
+        hashes = hash_keys(batch, key_columns)
+        slot = np.minimum(np.searchsorted(candidates, hashes), len(candidates) - 1)
+        hits = np.flatnonzero(candidates[slot] == hashes)
+        if len(hits):
+            keys = batch.select(names).take(pa.array(hits))
+            rows = pa.array(hits + first_row, pa.int64())
+            parts.append(keys.append_column("_row", rows))
+        first_row += batch.num_rows
+    if not parts:
+        return None
+    table = pa.Table.from_batches(parts).combine_chunks()
+    count = table.num_rows
+    if count < 2:
+        return None
+    # Sorted by key, then row: each run of equal keys starts with its earliest row.
+    order = pc.sort_indices(
+        table, sort_keys=[*[(name, "ascending") for name in names], ("_row", "ascending")]
+    )
+    ordered = table.take(order)
+    same_as_next = None
+    for name in names:
+        column = ordered[name]
+        equal = pc.equal(column.slice(1), column.slice(0, count - 1))
+        same_as_next = equal if same_as_next is None else pc.and_(same_as_next, equal)
+    if not pc.any(same_as_next).as_py():
+        return None  # only hash collisions: no duplicate
+    # The earliest row holding a repeated key is that key's first occurrence.
+    positions = pc.indices_nonzero(same_as_next)
+    first = pc.min(pc.take(ordered["_row"], positions)).as_py()
+    at = pc.index(table["_row"], first).as_py()
+    key = {name: table[name][at].as_py() for name in names}
+    mask = None
+    for name in names:
+        equal = pc.equal(table[name], table[name][at])
+        mask = equal if mask is None else pc.and_(mask, equal)
+    rows = pc.filter(table["_row"], mask)
+    shown = tuple(sorted(rows.to_pylist())[:2])
+    return key, shown, len(rows)
+
+
+def conformed_keys(
+    source: SourceFile,
+    contract: DatasetContract,
+    batch_rows: int = 65_536,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> Iterator[pa.RecordBatch]:
+    """The file's primary-key columns again, converted as `conform_batch` converts them: the
+    re-read `KeyTracker.first_duplicate` needs on its (rare) exact path.
+
+    The first read already succeeded, so a failure here is a row larger than the read block
+    (the load may have used a larger one): read again with larger blocks, skipping the rows
+    already given.
+    """
+    specs = [contract.column(name) for name in contract.primary_key]
+    given = 0
+    while True:
+        try:
+            seen = 0
+            for raw in read_batches(source, contract, batch_rows, block_bytes):
+                end = seen + raw.num_rows
+                if end > given:
+                    skip = given - seen if given > seen else 0
+                    part = raw.slice(skip)
+                    arrays = [
+                        _convert_column(part.column(spec.name), spec, source, given + 1)
+                        for spec in specs
+                    ]
+                    yield pa.RecordBatch.from_arrays(arrays, names=list(contract.primary_key))
+                    given = end
+                seen = end
+            return
+        except (ContractViolation, SourceError):
+            if block_bytes >= source.size_bytes:
+                raise
+            block_bytes *= 8

@@ -24,12 +24,12 @@ SQLite the two schemas are attached database files next to the main one), plus
 import contextlib
 import hashlib
 import io
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import adbc_driver_postgresql.dbapi as adbc
 import numpy as np
 import psycopg.conninfo
 import pyarrow as pa
@@ -51,9 +51,15 @@ TENANT_COLUMN = "_dw_tenant_id"
 LOADED_AT_COLUMN = "_dw_loaded_at"
 LOADS_TABLE = "_dw_loads"
 LOAD_METHODS = ("auto", "adbc", "copy-csv")
+# A merge promotion analyzes its storage table when more rows than this share of the table
+# (plus the floor) changed since the table's last statistics; see `_analyze_if_stale`.
+ANALYZE_SHARE = 0.1
+ANALYZE_MIN_ROWS = 1000
 # Below this size a new ADBC connection costs more than binary COPY saves (measured: ~30 ms
 # per run for a 10-row file).
 SMALL_SOURCE_BYTES = 1 << 20
+
+_log = logging.getLogger(__name__)
 
 
 class _DecimalAsText(sa.types.TypeDecorator):
@@ -265,10 +271,16 @@ class Warehouse:
                 for t in tables
                 if inspector.has_table(t.name, schema=t.schema)
             }
+        # pg_catalog rather than information_schema.columns: the same answer (columns of
+        # tables, whoever may read them) without the view's privilege checks, which cost a few
+        # milliseconds of planning on every run's first load (~2 ms against ~5 ms, 23 ms cold).
         rows = conn.execute(
             sa.text(
-                "SELECT table_schema, table_name, column_name FROM information_schema.columns "
-                "WHERE table_schema IN :schemas AND table_name IN :names"
+                "SELECT n.nspname, c.relname, a.attname FROM pg_catalog.pg_attribute a "
+                "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname IN :schemas AND c.relname IN :names "
+                "AND c.relkind IN ('r', 'p', 'v', 'f') AND a.attnum > 0 AND NOT a.attisdropped"
             ).bindparams(
                 sa.bindparam("schemas", expanding=True), sa.bindparam("names", expanding=True)
             ),
@@ -343,15 +355,14 @@ class Warehouse:
             name = f"{STAGING_SCHEMA}.{_quote(conn, partition)}"
             value = _literal(conn, job_id)
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
+            # Loads send the data columns only; the partition fills in its job id (a default
+            # declared with the partition: one statement, not a CREATE and an ALTER).
             conn.execute(
                 sa.text(
                     f"CREATE UNLOGGED TABLE {name} PARTITION OF "
-                    f"{STAGING_SCHEMA}.{_quote(conn, parent.name)} FOR VALUES IN ({value})"
+                    f"{STAGING_SCHEMA}.{_quote(conn, parent.name)} "
+                    f"({JOB_ID_COLUMN} DEFAULT {value}) FOR VALUES IN ({value})"
                 )
-            )
-            # Loads send the data columns only; the partition fills in its job id.
-            conn.execute(
-                sa.text(f"ALTER TABLE {name} ALTER COLUMN {JOB_ID_COLUMN} SET DEFAULT {value}")
             )
             self.faults.hit("staging.copy", conn)
 
@@ -378,17 +389,12 @@ class Warehouse:
 
         reader = pa.RecordBatchReader.from_batches(schema, guarded())
         try:
-            with adbc.connect(libpq_conninfo(self.engine.url)) as connection:
-                with connection.cursor() as cursor:
-                    rows = cursor.adbc_ingest(
-                        partition, reader, mode="append", db_schema_name=STAGING_SCHEMA
-                    )
-                connection.commit()
+            rows = _adbc_ingest(libpq_conninfo(self.engine.url), STAGING_SCHEMA, partition, reader)
         except Exception:
             if failure:
                 raise failure[0] from None
             raise
-        return int(rows)
+        return rows
 
     def _copy_csv_into(
         self, partition: str, contract: DatasetContract, batches: Iterator[pa.RecordBatch]
@@ -432,6 +438,15 @@ class Warehouse:
                 sa.select(sa.func.count()).where(staging.c[JOB_ID_COLUMN] == job_id)
             ).scalar_one()
 
+    def has_staged_rows(self, contract: DatasetContract, job_id: str) -> bool:
+        """Whether the job has staged rows: stops at the first one, where `staged_rows` counts
+        them all (a scan of the whole partition, ~0.1 s per million rows)."""
+        staging = self.ensure_tables(contract).staging
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.exists().where(staging.c[JOB_ID_COLUMN] == job_id))
+            ).scalar_one()
+
     def discard_staging(self, contract: DatasetContract, job_id: str) -> None:
         staging = self.ensure_tables(contract).staging
         if self._postgres:
@@ -458,16 +473,17 @@ class Warehouse:
         ).where(staged.c[JOB_ID_COLUMN] == job_id)
         target_columns = [*data, JOB_ID_COLUMN, TENANT_COLUMN, LOADED_AT_COLUMN]
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                sa.select(sa.func.count()).where(staging.c[JOB_ID_COLUMN] == job_id)
-            ).scalar_one()
             if contract.write_mode == "append":
                 deleted = self._delete_previous_load(conn, contract, storage, job_id)
                 inserted = conn.execute(
                     storage.insert().from_select(target_columns, source),
                     execution_options={"preserve_rowcount": True},
                 ).rowcount
+                rows = inserted  # every staged row; no second scan of staging to count them
             else:
+                rows = conn.execute(
+                    sa.select(sa.func.count()).where(staging.c[JOB_ID_COLUMN] == job_id)
+                ).scalar_one()
                 key_match = sa.and_(
                     storage.c[TENANT_COLUMN] == tenant_id,
                     *[storage.c[k] == staged.c[k] for k in contract.primary_key],
@@ -480,15 +496,25 @@ class Warehouse:
                     ],
                     sa.false(),
                 )
-                deleted = conn.execute(
-                    storage.delete().where(
+                if self._postgres:
+                    # DELETE ... USING, not WHERE EXISTS: PostgreSQL plans the EXISTS form as a
+                    # hash semi-join over the whole storage table even for a few staged rows
+                    # (measured 0.58-0.73 s for 10,000 staged rows against 1M stored ones),
+                    # the join form as index look-ups from the staged rows (0.06-0.08 s), and
+                    # still as a hash join when most of the table changes. The staged keys are
+                    # unique (checked while staging), so both delete the same rows.
+                    delete = storage.delete().where(
+                        staged.c[JOB_ID_COLUMN] == job_id, key_match, changed
+                    )
+                else:  # SQLite has no DELETE ... USING
+                    delete = storage.delete().where(
                         sa.exists(
                             sa.select(sa.literal(1)).where(
                                 staged.c[JOB_ID_COLUMN] == job_id, key_match, changed
                             )
                         )
                     )
-                ).rowcount
+                deleted = conn.execute(delete).rowcount
                 inserted = conn.execute(
                     storage.insert().from_select(
                         target_columns,
@@ -498,7 +524,45 @@ class Warehouse:
                 ).rowcount
             self._record_load(conn, contract.name, job_id, tenant_id, loaded_at, rows)
             self.faults.hit("promote.before_commit", conn)
+        if self._postgres and contract.write_mode == "merge" and inserted + deleted:
+            self._analyze_if_stale(storage, changed_rows=inserted + deleted)
         return PromotionCounts(rows=rows, inserted=inserted, deleted=deleted)
+
+    def _analyze_if_stale(self, storage: sa.Table, changed_rows: int) -> None:
+        """ANALYZE a merge table once a large share of it changed since its last statistics.
+
+        Merge promotion joins the staged rows against storage. Right after a bulk load the
+        planner still has the statistics of the small (or empty) table and hash-joins the whole
+        table: measured 0.49-0.56 s for a 10,000-row job into a freshly loaded 1M-row table,
+        0.16-0.18 s once analyzed. Autovacuum would analyze it too, but only at its next round,
+        after the following jobs ran with bad plans. The rule is autovacuum's own (10 % of the
+        table) plus a floor so that small tables and small jobs never pay for it; ANALYZE
+        samples a bounded number of rows, so it costs about the same on any large table.
+        Append promotion never reads storage, so append tables are left to autovacuum.
+
+        After the promotion committed: a failure here (e.g. another ANALYZE holding the lock)
+        must not fail a job whose rows are already in storage.
+        """
+        name = f"{STORAGE_SCHEMA}.{storage.name}"
+        try:
+            with self.engine.begin() as conn:
+                estimated, modified = conn.execute(
+                    sa.text(
+                        "SELECT c.reltuples, COALESCE(s.n_mod_since_analyze, 0) FROM pg_class c "
+                        "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid "
+                        "WHERE c.oid = CAST(:name AS regclass)"
+                    ),
+                    {"name": name},
+                ).one()
+                # The statistics system may not count this job's rows yet: add them (at worst
+                # this analyzes a little early).
+                changed = modified + changed_rows
+                if changed <= ANALYZE_SHARE * max(estimated, 0) + ANALYZE_MIN_ROWS:
+                    return
+                conn.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
+                conn.execute(sa.text(f"ANALYZE {STORAGE_SCHEMA}.{_quote(conn, storage.name)}"))
+        except sa.exc.DBAPIError as exc:
+            _log.warning("ANALYZE %s skipped: %s", name, exc.orig or exc)
 
     def _delete_previous_load(
         self, conn: Connection, contract: DatasetContract, storage: sa.Table, job_id: str
@@ -562,6 +626,39 @@ def libpq_conninfo(url: sa.URL) -> str:
         **{k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()},
     }
     return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
+
+
+def _adbc_ingest(conninfo: str, schema: str, table: str, reader: pa.RecordBatchReader) -> int:
+    """Append `reader`'s batches to `schema.table` with ADBC's binary COPY, in one transaction.
+
+    Uses the driver manager's own objects rather than `adbc_driver_postgresql.dbapi`: the DB-API
+    layer imports `pyarrow.dataset` and with it pandas (~0.5 s and ~35 MB of resident memory
+    per worker process) for nothing this load needs. Imported here, on first use, so that
+    processes that never load a large file never pay for the driver.
+    """
+    import adbc_driver_manager
+    import adbc_driver_postgresql
+
+    options = adbc_driver_manager.StatementOptions
+    with contextlib.ExitStack() as cleanup:
+        database = adbc_driver_postgresql.connect(conninfo)
+        cleanup.callback(database.close)
+        connection = adbc_driver_manager.AdbcConnection(database)
+        cleanup.callback(connection.close)
+        connection.set_autocommit(False)
+        statement = adbc_driver_manager.AdbcStatement(connection)
+        cleanup.callback(statement.close)
+        statement.set_options(
+            **{
+                options.INGEST_TARGET_TABLE.value: table,
+                options.INGEST_TARGET_DB_SCHEMA.value: schema,
+                options.INGEST_MODE.value: "adbc.ingest.mode.append",
+            }
+        )
+        statement.bind_stream(reader)
+        rows = statement.execute_update()
+        connection.commit()
+    return int(rows)
 
 
 def _quote(conn: Connection, identifier: str) -> str:

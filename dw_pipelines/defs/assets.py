@@ -21,8 +21,12 @@ from typing import TypeVar
 
 import dagster as dg
 
+from dw_pipelines.core import quality
 from dw_pipelines.core.contracts import DatasetContract
+from dw_pipelines.core.db import utcnow
 from dw_pipelines.core.errors import DwError, is_permanent
+from dw_pipelines.core.ingestion import PromoteResult, StageResult
+from dw_pipelines.core.outbox import OutboxJob
 from dw_pipelines.core.retry import RetryPolicy
 from dw_pipelines.defs.resources import DwResource
 from dw_pipelines.settings import TAG_DATASET, TAG_JOB_ID
@@ -127,6 +131,120 @@ def _owners(contract: DatasetContract) -> list[str]:
     return [owner] if "@" in owner or owner.startswith("team:") else []
 
 
+def column_schema(contract: DatasetContract, lineage: bool) -> dg.TableSchema:
+    """The contract's columns as Dagster shows them (plus the lineage columns in storage)."""
+    columns = [
+        dg.TableColumn(
+            c.name,
+            str(c.type),
+            description=c.description,
+            constraints=dg.TableColumnConstraints(
+                nullable=c.nullable,
+                # Merge keys are unique per tenant, append keys within a job's file.
+                other=["primary key"] if c.name in contract.primary_key else None,
+            ),
+        )
+        for c in contract.columns
+    ]
+    if lineage:
+        columns += [
+            dg.TableColumn(
+                "_dw_job_id", "string", "Outbox job that last wrote the row",
+                dg.TableColumnConstraints(nullable=False),
+            ),
+            dg.TableColumn(
+                "_dw_tenant_id", "string", "Tenant the row belongs to",
+                dg.TableColumnConstraints(nullable=False),
+            ),
+            dg.TableColumn(
+                "_dw_loaded_at", "timestamp", "When that job was promoted",
+                dg.TableColumnConstraints(nullable=False),
+            ),
+        ]  # fmt: skip
+    return dg.TableSchema(columns=columns)
+
+
+def _check_specs(
+    contract: DatasetContract,
+    asset_key: dg.AssetKey,
+    blocking: bool,
+    partitions_def: dg.PartitionsDefinition,
+) -> list[dg.AssetCheckSpec]:
+    """Load checks are partitioned like their asset (a verdict per business date); freshness
+    judges the whole dataset, so it is not."""
+    what = "staged" if blocking else "stored"
+    descriptions = {
+        quality.ROWS_MATCH_SOURCE: f"Rows {what} for each job = rows read from its source file.",
+        quality.PRIMARY_KEY_UNIQUE: (
+            f"Primary key ({', '.join(contract.primary_key)}) unique among the {what} rows"
+            + (" of each tenant." if contract.write_mode == "merge" and not blocking else ".")
+        ),
+        quality.REQUIRED_NOT_NULL: (
+            f"No NULL in the required columns ({', '.join(contract.required_columns)})."
+        ),
+    }
+    if blocking:
+        descriptions = {k: v + " Blocks promotion to storage." for k, v in descriptions.items()}
+    specs = [
+        dg.AssetCheckSpec(
+            name,
+            asset=asset_key,
+            description=descriptions[name],
+            blocking=blocking,
+            partitions_def=partitions_def,
+        )
+        for name in quality.check_names(contract)
+    ]
+    if not blocking and contract.freshness_max_age_hours:
+        specs.append(
+            dg.AssetCheckSpec(
+                quality.FRESHNESS,
+                asset=asset_key,
+                description=(
+                    f"A {contract.name} job was promoted within the last "
+                    f"{contract.freshness_max_age_hours:g} hours (contract `freshness`). "
+                    "Evaluated by the dw_outbox_health sensor, and on demand."
+                ),
+            )
+        )
+    return specs
+
+
+def freshness_result(dw: DwResource, contract: DatasetContract) -> dg.AssetCheckResult:
+    outcome = dw.quality.freshness(contract, utcnow())
+    return dg.AssetCheckResult(
+        asset_key=storage_key(contract.name),
+        check_name=outcome.name,
+        passed=outcome.passed,
+        # Stale data is worth a look, but it blocks nothing and may be a quiet upstream day.
+        severity=dg.AssetCheckSeverity.WARN,
+        description=outcome.description,
+        metadata={"result": outcome.description, **outcome.metadata},
+    )
+
+
+def _check_results(
+    asset_key: dg.AssetKey, outcomes: list[quality.CheckOutcome]
+) -> list[dg.AssetCheckResult]:
+    return [
+        dg.AssetCheckResult(
+            asset_key=asset_key,
+            check_name=o.name,
+            passed=o.passed,
+            description=o.description,
+            metadata={"result": o.description, **o.metadata},
+        )
+        for o in outcomes
+    ]
+
+
+def _outbox_link(job_ids: list[str]) -> dict[str, object]:
+    """How to get from the materialization to the outbox rows (and back: runs carry dw/job_id)."""
+    if len(job_ids) != 1:
+        return {}
+    return {"outbox_job": dg.MetadataValue.text(f"dw-pipelines outbox show {job_ids[0]}")}
+
+
 def dataset_assets(
     contract: DatasetContract,
     partitions_def: dg.PartitionsDefinition,
@@ -135,30 +253,20 @@ def dataset_assets(
 ) -> list[dg.AssetsDefinition]:
     """The staging and storage assets of one dataset."""
     dataset = contract.name
-    common = {
-        "partitions_def": partitions_def,
-        "group_name": dataset,
-        "owners": _owners(contract),
-        "kinds": {warehouse_kind},
-        # A run launched for the whole job (e.g. `dagster job launch`) materializes only the
-        # tagged job's dataset; the other datasets' steps yield nothing.
-        "output_required": False,
-    }
+    spec_common = {"group_name": dataset, "owners": _owners(contract), "skippable": True}
+    # One-asset multi_assets with can_subset: every output (the asset and its inline checks) is
+    # optional, because a run launched for the whole job (e.g. `dagster job launch`) materializes
+    # only the tagged job's dataset and the other datasets' steps yield nothing.
+    op_common = {"partitions_def": partitions_def, "can_subset": True}
 
-    @dg.asset(
-        key=staging_key(dataset),
-        description=(
-            f"Validated rows of `{dataset}` jobs, loaded with COPY into dw_staging.{dataset}. "
-            f"{contract.description or ''}"
-        ).strip(),
-        **common,
-    )
-    def staging_asset(
+    def stage_jobs(
         context: dg.AssetExecutionContext, dw: DwResource
-    ) -> Iterator[dg.MaterializeResult]:
+    ) -> tuple[list[tuple[OutboxJob, StageResult]], list[str]] | None:
+        """Stage the run's jobs: the tagged one, or every settled job of the partition.
+        None when a whole-job launch has nothing for this dataset."""
         tagged = _tagged_job(context)
         if tagged and not _job_is_for(context, dw, tagged, dataset):
-            return  # a whole-job launch: this dataset has nothing to do (storage is skipped)
+            return None
         if tagged:
             job_ids = [tagged]
         else:
@@ -192,25 +300,129 @@ def dataset_assets(
                 description=f"{len(failures)} job(s) failed: " + "; ".join(failures),
                 allow_retries=False,
             )
-        yield dg.MaterializeResult(metadata=_staging_metadata(results))
+        return results, job_ids
 
-    @dg.asset(
-        key=storage_key(dataset),
-        deps=[staging_key(dataset)],
-        description=(
-            f"dw_storage.{dataset}: promoted atomically from staging "
-            f"({contract.write_mode}; lineage in _dw_job_id, _dw_tenant_id, _dw_loaded_at)."
-        ),
-        **common,
+    def check_staged(
+        context: dg.AssetExecutionContext,
+        dw: DwResource,
+        results: list[tuple[OutboxJob, StageResult]],
+    ) -> list[quality.CheckOutcome]:
+        """The staging checks; a failed one fails its jobs (permanently: a re-load would stage
+        the same rows) before the step is failed and promotion is blocked."""
+        outcomes = dw.quality.check_staging(
+            contract, [quality.JobRows(job.job_id, job.tenant_id, r.rows) for job, r in results]
+        )
+        failed = [o for o in outcomes if not o.passed]
+        if failed:
+            error = "; ".join(f"staging check {o.name} failed: {o.description}" for o in failed)
+            for job, _ in results:
+                _record(context, lambda job=job: dw.service.fail(job.job_id, context.run_id, error))
+                context.log.error(
+                    f"{log_fields(job.job_id, dataset, job.tenant_id, context.run_id)} {error}"
+                )
+        return outcomes
+
+    @dg.multi_asset(
+        name=f"staging__{dataset}",
+        specs=[
+            dg.AssetSpec(
+                staging_key(dataset),
+                description=(
+                    f"Validated rows of `{dataset}` jobs, loaded with COPY into "
+                    f"dw_staging.{dataset} (one partition per job). {contract.description or ''}"
+                ).strip(),
+                kinds={warehouse_kind, "csv", "parquet", "jsonl"},
+                metadata={
+                    "dagster/column_schema": column_schema(contract, lineage=False),
+                    "dagster/table_name": f"dw_staging.{dataset}",
+                    "contract": str(contract.path or dataset),
+                    "write_mode": contract.write_mode,
+                },
+                **spec_common,
+            )
+        ],
+        check_specs=_check_specs(contract, staging_key(dataset), True, partitions_def),
+        **op_common,
+    )
+    def staging_asset(
+        context: dg.AssetExecutionContext, dw: DwResource
+    ) -> Iterator[dg.MaterializeResult]:
+        if staging_key(dataset) not in context.selected_asset_keys:
+            return  # only checks selected: they judge a load, so they run with one
+        staged = stage_jobs(context, dw)
+        if staged is None:
+            return  # a whole-job launch: this dataset has nothing to do (storage is skipped)
+        results, job_ids = staged
+        outcomes = check_staged(context, dw, results)
+        preview = dw.quality.preview(contract, job_ids[0]) if results else None
+        yield dg.MaterializeResult(
+            asset_key=staging_key(dataset),
+            metadata=_staging_metadata(results, preview),
+            check_results=_check_results(staging_key(dataset), outcomes),
+        )
+
+    @dg.multi_asset(
+        name=f"storage__{dataset}",
+        specs=[
+            dg.AssetSpec(
+                storage_key(dataset),
+                deps=[staging_key(dataset)],
+                description=(
+                    f"dw_storage.{dataset}: promoted atomically from staging "
+                    f"({contract.write_mode}; lineage in _dw_job_id, _dw_tenant_id, "
+                    "_dw_loaded_at). Materializing a partition re-loads every settled job of "
+                    "that business date."
+                ),
+                kinds={warehouse_kind, "table"},
+                metadata={
+                    "dagster/column_schema": column_schema(contract, lineage=True),
+                    "dagster/table_name": f"dw_storage.{dataset}",
+                    "contract": str(contract.path or dataset),
+                    "write_mode": contract.write_mode,
+                    **(
+                        {"freshness_max_age_hours": contract.freshness_max_age_hours}
+                        if contract.freshness_max_age_hours
+                        else {}
+                    ),
+                },
+                **spec_common,
+            )
+        ],
+        check_specs=_check_specs(contract, storage_key(dataset), False, partitions_def),
+        **op_common,
     )
     def storage_asset(
         context: dg.AssetExecutionContext, dw: DwResource
     ) -> Iterator[dg.MaterializeResult]:
+        freshness_key = dg.AssetCheckKey(storage_key(dataset), quality.FRESHNESS)
+        if storage_key(dataset) not in context.selected_asset_keys:
+            # Only checks selected (an operator's "Execute" in the UI): freshness can run alone;
+            # the other checks judge a load, so they run with one.
+            if freshness_key in context.selected_asset_check_keys:
+                yield freshness_result(dw, contract)
+            return
         tagged = _tagged_job(context)
         if tagged and not _job_is_for(context, dw, tagged, dataset):
             return
+        gate: list[quality.CheckOutcome] = []
         if tagged:
             job_ids = [tagged]
+        elif staging_key(dataset) not in (context.run.asset_selection or {staging_key(dataset)}):
+            # A backfill of storage alone: stage the partition's jobs here, gated by the same
+            # checks the staging step would run.
+            staged = stage_jobs(context, dw)
+            if staged is None:
+                return
+            results, job_ids = staged
+            gate = check_staged(context, dw, results)
+            failed = [o for o in gate if not o.passed]
+            if failed:
+                raise dg.Failure(
+                    description="; ".join(
+                        f"staging check {o.name}: {o.description}" for o in failed
+                    ),
+                    allow_retries=False,
+                )
         else:
             # The jobs this run's staging step took (or its parent's, when re-executed).
             holders = [context.run_id]
@@ -222,7 +434,9 @@ def dataset_assets(
         for job_id in job_ids:
 
             def promote(job_id: str = job_id):
-                return dw.service.promote(job_id, context.run_id, dataset=dataset)
+                return dw.service.promote(
+                    job_id, context.run_id, dataset=dataset, keep_staging=True
+                )
 
             result = _guarded(context, dw, job_id, policy, promote)
             context.log.info(
@@ -230,10 +444,16 @@ def dataset_assets(
                 f"promoted {result.rows} rows ({result.write_mode}); job COMPLETED"
             )
             results.append(result)
+        outcomes = _storage_checks(context, dw, results)
+        extra_checks = []
+        if freshness_key in context.selected_asset_check_keys:
+            extra_checks.append(freshness_result(dw, contract))
         yield dg.MaterializeResult(
+            asset_key=storage_key(dataset),
             metadata={
                 "jobs": dg.MetadataValue.int(len(results)),
                 "job_id": ", ".join(r.job_id for r in results),
+                "tenant": ", ".join(sorted({r.tenant_id for r in results})),
                 "rows": dg.MetadataValue.int(sum(r.rows for r in results)),
                 "write_mode": contract.write_mode,
                 "inserted": dg.MetadataValue.int(sum(r.inserted for r in results)),
@@ -241,16 +461,42 @@ def dataset_assets(
                 "duration_seconds": dg.MetadataValue.float(
                     float(round(sum(r.seconds for r in results), 3))
                 ),
-            }
+                **_outbox_link([r.job_id for r in results]),
+                **({"staging_checks": "; ".join(o.description for o in gate)} if gate else {}),
+            },
+            check_results=_check_results(storage_key(dataset), outcomes) + extra_checks,
         )
+
+    def _storage_checks(
+        context: dg.AssetExecutionContext, dw: DwResource, results: list[PromoteResult]
+    ) -> list[quality.CheckOutcome]:
+        """Storage checks, then the staged rows are dropped. The jobs are COMPLETED by now: a
+        failed check flags the data in the UI; it does not undo the load."""
+        jobs = [quality.JobRows(r.job_id, r.tenant_id, r.rows) for r in results]
+        try:
+            return dw.quality.check_storage(contract, jobs)
+        except Exception as exc:  # a check that cannot run is a failed check, not a failed load
+            error = dw.service.redact(describe(exc))
+            return [
+                quality.CheckOutcome(name, passed=False, description=f"could not run: {error}")
+                for name in quality.check_names(contract)
+            ]
+        finally:
+            for r in results:
+                try:
+                    dw.service.discard_staging(r.job_id, dataset)
+                except Exception as exc:  # leftover scratch: the job's next staging replaces it
+                    context.log.warning(f"could not drop staging of job {r.job_id}: {exc}")
 
     return [staging_asset, storage_asset]
 
 
-def _staging_metadata(results: list) -> dict[str, object]:
+def _staging_metadata(
+    results: list[tuple[OutboxJob, StageResult]], preview: str | None
+) -> dict[str, object]:
     jobs = [job for job, _ in results]
     staged = [result for _, result in results]
-    return {
+    metadata: dict[str, object] = {
         "jobs": dg.MetadataValue.int(len(staged)),
         "job_id": ", ".join(job.job_id for job in jobs),
         "tenant": ", ".join(sorted({job.tenant_id for job in jobs})),
@@ -259,4 +505,8 @@ def _staging_metadata(results: list) -> dict[str, object]:
         "format": ", ".join(sorted({r.format for r in staged})),
         "bytes": dg.MetadataValue.int(sum(r.size_bytes for r in staged)),
         "duration_seconds": dg.MetadataValue.float(float(round(sum(r.seconds for r in staged), 3))),
+        **_outbox_link([job.job_id for job in jobs]),
     }
+    if preview is not None:
+        metadata["preview"] = dg.MetadataValue.md(preview)
+    return metadata

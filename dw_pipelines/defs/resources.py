@@ -16,6 +16,7 @@ from pydantic import Field, PrivateAttr
 
 from dw_pipelines.core.ingestion import IngestionService
 from dw_pipelines.core.outbox import DwIngestionJobQueue
+from dw_pipelines.core.quality import DataQuality
 from dw_pipelines.services import build_service, dispose
 from dw_pipelines.settings import Settings, normalize_database_url
 
@@ -60,6 +61,10 @@ class DwResource(dg.ConfigurableResource):
     @property
     def queue(self) -> DwIngestionJobQueue:
         return self.service.queue
+
+    @property
+    def quality(self) -> DataQuality:
+        return DataQuality(self.service.warehouse)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if context.run_id is not None and context.dagster_run is not None:

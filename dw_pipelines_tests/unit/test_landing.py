@@ -107,7 +107,10 @@ def test_roots_are_resolved_at_construction(tmp_path: Path, layout: dict[str, Pa
         pytest.param(lambda f: str(f["root"] / "missing.csv"), "does not exist", id="missing"),
         pytest.param(lambda f: str(f["root"] / "sub"), "is not a regular file", id="directory"),
         pytest.param(lambda f: str(f["root"]), "is not a regular file", id="root-itself"),
-        pytest.param(lambda f: "s3://bucket/orders.csv", "scheme 's3'", id="s3"),
+        pytest.param(
+            lambda f: "s3://bucket/orders.csv", "outside the landing roots", id="s3-no-s3-root"
+        ),
+        pytest.param(lambda f: "gs://bucket/orders.csv", "scheme 'gs'", id="gs"),
         pytest.param(lambda f: "http://example.com/orders.csv", "scheme 'http'", id="http"),
         pytest.param(
             lambda f: f"file://fileserver{f['inside']}", "must not name a host", id="file-host"
@@ -142,11 +145,19 @@ def test_no_roots_refuses_everything(layout: dict[str, Path]) -> None:
         LandingZone([]).resolve(str(layout["inside"]))
 
 
-@pytest.mark.parametrize(
-    "root", ["s3://bucket/landing", "file:///tmp/landing", "gs://b", "https://h/landing"]
-)
-def test_remote_roots_are_refused_at_construction(root: str) -> None:
+@pytest.mark.parametrize("root", ["file:///tmp/landing", "gs://b", "https://h/landing"])
+def test_other_remote_roots_are_refused_at_construction(root: str) -> None:
     with pytest.raises(SourceError) as caught:
         LandingZone(["/tmp", root])
     assert f"DW_LANDING_ROOT entry '{root}'" in str(caught.value)
-    assert "only local directories" in str(caught.value)
+    assert "only local directories and s3://bucket/prefix roots" in str(caught.value)
+
+
+def test_s3_roots_sit_beside_local_roots(layout: dict[str, Path]) -> None:
+    zone = LandingZone([layout["root"], "s3://dw-landing/in/", "s3://other-bucket"])
+    assert zone.roots == (layout["root"],)
+    assert [r.uri for r in zone.object_roots] == ["s3://dw-landing/in/", "s3://other-bucket/"]
+    assert zone.object_store is not None
+    # Local sources resolve as before, with no object store involved.
+    assert zone.resolve(str(layout["inside"])) == layout["inside"]
+    assert LandingZone([layout["root"]]).object_store is None

@@ -92,7 +92,7 @@ def tracked(key_columns, *batches):
     tracker = KeyTracker(key_columns)
     for batch in batches:
         tracker.add(pa.record_batch(batch))
-    return tracker.first_duplicate()
+    return tracker.first_duplicate(lambda: [pa.record_batch(batch) for batch in batches])
 
 
 def test_key_tracker_finds_the_earliest_repeated_key_across_batches():
