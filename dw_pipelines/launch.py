@@ -18,6 +18,7 @@ from dagster._core.workspace.load_target import ModuleTarget, WorkspaceFileTarge
 
 from dw_pipelines.core.errors import ConfigurationError
 from dw_pipelines.core.outbox import OutboxJob
+from dw_pipelines.core.quality import FRESHNESS
 from dw_pipelines.defs.assets import staging_key, storage_key
 from dw_pipelines.defs.sensors import run_tags
 from dw_pipelines.settings import CODE_LOCATION_NAME, INGESTION_JOB_NAME
@@ -86,6 +87,12 @@ def launch_job_run(
         location = workspace.get_code_location(CODE_LOCATION_NAME)
         (repository,) = location.get_repositories().values()
         asset_selection = [staging_key(job.dataset), storage_key(job.dataset)]
+        # The load checks, as the sensor's runs (freshness is the health sensor's).
+        check_selection = {
+            key
+            for key in repository.asset_graph.asset_check_keys
+            if key.asset_key in asset_selection and key.name != FRESHNESS
+        }
         remote_job = location.get_job(
             JobSubsetSelector(
                 location_name=location.name,
@@ -93,6 +100,7 @@ def launch_job_run(
                 job_name=INGESTION_JOB_NAME,
                 op_selection=None,
                 asset_selection=asset_selection,
+                asset_check_selection=check_selection,
             )
         )
         plan = location.get_execution_plan(
@@ -121,7 +129,7 @@ def launch_job_run(
             remote_job_origin=remote_job.get_remote_origin(),
             job_code_origin=remote_job.get_python_origin(),
             asset_selection=frozenset(asset_selection),
-            asset_check_selection=None,
+            asset_check_selection=frozenset(check_selection),
             asset_graph=repository.asset_graph,
         )
         return instance.submit_run(run.run_id, workspace)

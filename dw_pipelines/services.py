@@ -3,6 +3,8 @@
 import functools
 from pathlib import Path
 
+import pyarrow as pa
+
 from dw_pipelines.core.contracts import ContractRegistry
 from dw_pipelines.core.db import create_db_engine
 from dw_pipelines.core.faults import Faults, parse_faults
@@ -45,7 +47,24 @@ def build_queue(
     )
 
 
+@functools.cache
+def release_arrow_memory_promptly() -> None:
+    """Arrow buffers from jemalloc, handed back to the OS as soon as they are freed.
+
+    The default allocator keeps freed buffers for reuse (about 90 MB per reader thread here), so
+    a run's peak RSS would stay high after each batch is loaded; returning them at once keeps the
+    run process within its pod's memory request (see docs/benchmarks.md). Builds of pyarrow
+    without jemalloc keep their default.
+    """
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+        pa.jemalloc_set_decay_ms(0)
+    except (NotImplementedError, pa.ArrowNotImplementedError):
+        pass
+
+
 def build_service(settings: Settings) -> IngestionService:
+    release_arrow_memory_promptly()
     contracts = load_contracts(settings)
     queue = build_queue(settings, contracts)
     return IngestionService(

@@ -78,6 +78,12 @@ def test_three_pending_jobs_become_three_runs_keyed_by_job_id_and_never_more(
             assert run.tags[TAG_DATASET] == job.dataset
             assert run.tags[TAG_TENANT] == job.tenant_id
             assert run.tags["dagster/partition"] == job.business_date.isoformat()
+            # The load checks of both assets run; freshness is left to the health sensor.
+            assert {(k.asset_key.path[0], k.name) for k in run.asset_check_selection} == {
+                (asset, name)
+                for asset in ("staging", "storage")
+                for name in ("rows_match_source", "primary_key_unique", "required_columns_not_null")
+            }
             pod = json.loads(run.tags["dagster-k8s/config"])  # read by K8sRunLauncher
             assert pod["container_config"]["resources"]["requests"]["memory"] == "512Mi"
             row = service.queue.get(job.job_id)

@@ -230,8 +230,7 @@ class IngestionService:
                 f"job {job_id} belongs to dataset '{job.dataset}', not '{dataset}'"
             )
         contract = self.contracts.get(job.dataset)
-        staged = self.warehouse.staged_rows(contract, job_id)
-        if staged == 0:
+        if not self.warehouse.has_staged_rows(contract, job_id):
             # Staging was already discarded (or never loaded; empty files never stage): promoting
             # "nothing" would wipe the job's storage rows in append mode.
             raise SourceError(

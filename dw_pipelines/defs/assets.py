@@ -43,6 +43,17 @@ def storage_key(dataset: str) -> dg.AssetKey:
     return dg.AssetKey(["storage", dataset])
 
 
+def load_check_keys(contract: DatasetContract) -> list[dg.AssetCheckKey]:
+    """The checks an ingestion run evaluates: the load checks of both assets, not freshness.
+    Freshness is not partitioned, and Dagster leaves an unpartitioned check planned in a
+    partitioned run as a stray "skipped" execution; the health sensor evaluates it instead."""
+    return [
+        dg.AssetCheckKey(key(contract.name), name)
+        for key in (staging_key, storage_key)
+        for name in quality.check_names(contract)
+    ]
+
+
 def log_fields(job_id: str, dataset: str | None, tenant: str | None, run_id: str | None) -> str:
     """The key=value prefix every worker log line starts with, so logs can be searched and
     parsed by job, dataset, tenant and run (unknown fields are left out)."""

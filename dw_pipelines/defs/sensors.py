@@ -19,12 +19,12 @@ from datetime import timedelta
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from dw_pipelines.core.contracts import ContractRegistry
+from dw_pipelines.core.contracts import ContractRegistry, DatasetContract
 from dw_pipelines.core.db import utcnow
 from dw_pipelines.core.errors import InvalidTransition
 from dw_pipelines.core.outbox import DwIngestionJobQueue, OutboxJob, redispatch_cutoff
 from dw_pipelines.core.reconcile import COMPLETE, FAIL_DEAD_RUN, Decision, RunInfo, decide
-from dw_pipelines.defs.assets import log_fields, staging_key, storage_key
+from dw_pipelines.defs.assets import load_check_keys, log_fields, staging_key, storage_key
 from dw_pipelines.defs.k8s import k8s_config_tag
 from dw_pipelines.defs.partitions import business_date_partitions
 from dw_pipelines.defs.resources import DwResource
@@ -42,11 +42,12 @@ def run_tags(job: OutboxJob) -> dict[str, str]:
     }
 
 
-def run_request_for(job: OutboxJob) -> dg.RunRequest:
+def run_request_for(job: OutboxJob, contract: DatasetContract) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=job.job_id,
         partition_key=job.business_date.isoformat(),
         asset_selection=[staging_key(job.dataset), storage_key(job.dataset)],
+        asset_check_keys=load_check_keys(contract),
         tags=run_tags(job),
     )
 
@@ -100,7 +101,7 @@ def outbox_sensor(
                     f"{log_fields(job.job_id, job.dataset, job.tenant_id, None)} {problem}"
                 )
                 continue
-            requests.append(run_request_for(job))
+            requests.append(run_request_for(job, contracts.get(job.dataset)))
             context.log.info(
                 f"{log_fields(job.job_id, job.dataset, job.tenant_id, None)} run requested"
             )
