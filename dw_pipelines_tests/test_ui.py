@@ -7,6 +7,7 @@ and checks, launch a partition backfill, re-execute a failed run from failure. T
 drives headless Chromium against the same webserver.
 """
 
+import datetime as dt
 import os
 import shutil
 from collections.abc import Iterator
@@ -24,6 +25,10 @@ from dw_pipelines_tests.ui_support import BIN, REPO_ROOT, DagsterStack, free_por
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
+# Recent business dates, so the partitions page (newest first) shows them without scrolling.
+TODAY = dt.datetime.now(dt.UTC).date()
+BACKFILL_DAYS = [(TODAY - dt.timedelta(days=n)).isoformat() for n in (6, 5)]
+REEXECUTION_DAY = (TODAY - dt.timedelta(days=4)).isoformat()
 HEADER = "order_id,customer_id,order_date,amount,currency,status,is_gift,created_at,note\n"
 
 
@@ -182,7 +187,7 @@ def check_executions(dagster: DagsterStack, path: list[str], name: str) -> list[
 
 def test_a_backfill_of_two_partitions_reloads_every_job_once(stack):
     dagster, queue, landing = stack
-    days = {"2026-11-20": 1000, "2026-11-21": 2000}
+    days = dict(zip(BACKFILL_DAYS, (1000, 2000), strict=True))
     jobs = {}
     for day, first in days.items():
         for part, tenant in enumerate(("acme", "globex")):
@@ -245,7 +250,7 @@ def test_a_backfill_of_two_partitions_reloads_every_job_once(stack):
 
 def test_a_failed_run_reexecuted_from_failure_completes_its_job(stack):
     dagster, queue, landing = stack
-    day = "2026-11-22"
+    day = REEXECUTION_DAY
     path = orders_csv(landing / "orders_fixable.csv", 5000, 6, day, bad_row=2)
     job = queue.enqueue(
         {"dataset": "orders", "source_uri": str(path), "business_date": day}
@@ -357,7 +362,7 @@ def test_the_asset_graph_and_partitions_page_render_in_chromium(stack):
             # storage/orders partitions: the business dates loaded and backfilled above.
             open_page("/assets/storage/orders?view=partitions")
             expect(page.get_by_text("Materialized (", exact=False).first).to_be_visible()
-            expect(page.get_by_text("2026-11-20").first).to_be_visible()
+            expect(page.get_by_text(BACKFILL_DAYS[0]).first).to_be_visible()
             expect(page.get_by_role("button", name="Materialize…").first).to_be_visible()
             page.screenshot(path=str(shots / "storage-orders-partitions.png"), full_page=True)
 
