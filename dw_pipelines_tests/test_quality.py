@@ -222,3 +222,31 @@ def test_assets_carry_column_schema_kinds_and_check_specs(env):
     }
     assert all(b for (asset, _), b in blocking.items() if asset == "staging/orders")
     assert not any(b for (asset, _), b in blocking.items() if asset == "storage/orders")
+
+
+def test_merge_key_uniqueness_rests_on_the_primary_key_constraint(env):
+    """Merge storage is keyed by (tenant, key) in the database; the check confirms the constraint
+    (grouping a million rows would cost a second) and fails if the table lost it."""
+    service, _, _ = env
+    contract = service.contracts.get("customers")
+    job = enqueue(service, "customers", CUSTOMERS_CSV, tenant_id="acme")
+    # The service's steps, keeping the staged rows as the storage step does for its checks.
+    staged = service.stage(service.start(job.job_id, "run-1"), "run-1")
+    service.promote(job.job_id, "run-1", keep_staging=True)
+    jobs = [JobRows(job.job_id, "acme", staged.rows)]
+    checks = DataQuality(service.warehouse)
+
+    keyed = {o.name: o for o in checks.check_storage(contract, jobs)}
+    assert keyed[quality.ROWS_MATCH_SOURCE].passed
+    assert keyed[quality.PRIMARY_KEY_UNIQUE].passed
+    assert "enforced by the primary key (_dw_tenant_id, customer_id)" in (
+        keyed[quality.PRIMARY_KEY_UNIQUE].description
+    )
+
+    with service.warehouse.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE dw_storage.customers DROP CONSTRAINT pk_customers"))
+    unkeyed = {o.name: o for o in checks.check_storage(contract, jobs)}
+    assert not unkeyed[quality.PRIMARY_KEY_UNIQUE].passed
+    assert unkeyed[quality.PRIMARY_KEY_UNIQUE].description.endswith(
+        "expected (_dw_tenant_id, customer_id): duplicates are not prevented"
+    )

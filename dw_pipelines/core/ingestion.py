@@ -37,6 +37,8 @@ from dw_pipelines.core.validation import (
 )
 from dw_pipelines.core.warehouse import Warehouse
 
+PREVIEW_ROWS = 5
+
 
 @dataclass(frozen=True)
 class StageResult:
@@ -54,6 +56,8 @@ class StageResult:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     # Compared with the job's previous STAGED fingerprint: None on the first load.
     source_changed: bool | None = None
+    # The file's first rows as loaded (for the UI's preview; never written to the audit trail).
+    preview: tuple[dict[str, Any], ...] = ()
 
     def details(self) -> dict[str, Any]:
         details = {
@@ -169,6 +173,8 @@ class IngestionService:
         batches = 0
         keys = KeyTracker(contract.primary_key)
 
+        preview: list[dict[str, Any]] = []
+
         def conformed() -> Iterator[pa.RecordBatch]:
             nonlocal batches
             first_row = 1
@@ -179,6 +185,8 @@ class IngestionService:
                 first_row += batch.num_rows
                 batches += 1
                 keys.add(batch)
+                if not preview:
+                    preview.extend(batch.slice(0, PREVIEW_ROWS).to_pylist())
                 yield batch
             if first_row == 1:
                 raise ContractViolation(
@@ -203,6 +211,7 @@ class IngestionService:
             seconds=time.monotonic() - started,
             fingerprint=source.fingerprint,
             source_changed=None if previous is None else previous != source.fingerprint,
+            preview=tuple(preview),
         )
         self.queue.record_step(job.job_id, run_id, STAGED, result.details())
         return result

@@ -363,9 +363,14 @@ def dataset_assets(
         staged = stage_jobs(context, dw)
         if staged is None:
             return  # a whole-job launch: this dataset has nothing to do (storage is skipped)
-        results, job_ids = staged
+        results, _ = staged
         outcomes = check_staged(context, dw, results)
-        preview = dw.quality.preview(contract, job_ids[0]) if results else None
+        preview = None
+        if results:
+            first = results[0][1].preview
+            preview = quality.markdown_table(
+                contract.column_names, [[row[c] for c in contract.column_names] for row in first]
+            )
         yield dg.MaterializeResult(
             asset_key=staging_key(dataset),
             metadata=_staging_metadata(results, preview),
