@@ -73,6 +73,8 @@ def build_service(settings: Settings) -> IngestionService:
             create_warehouse_engine(settings.warehouse_url),
             Faults(parse_faults(settings.fault_injection)),
             load_method=settings.pg_load_method,
+            merge_rewrite_share=settings.merge_rewrite_share,
+            merge_rewrite_min_rows=settings.merge_rewrite_min_rows,
         ),
         contracts,
         queue.landing,

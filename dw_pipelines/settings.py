@@ -55,6 +55,10 @@ class Settings:
     read_batch_rows: int = 65_536
     max_value_bytes: int = 1 << 20
     pg_load_method: str = "auto"
+    # A large merge rewrites its storage table (see `Warehouse.promote`) when at least this share
+    # of the stored rows changes; None ("off") always merges in place.
+    merge_rewrite_share: float | None = 0.5
+    merge_rewrite_min_rows: int = 100_000  # smaller jobs always merge in place
     # Object storage (s3:// landing roots). Credentials are not settings: the AWS SDK reads them
     # from its standard places (AWS_* variables, web identity / IRSA, instance roles), so no
     # secret passes through this object, its repr or Dagster's config.
@@ -120,6 +124,8 @@ class Settings:
             read_batch_rows=_int(env, "DW_READ_BATCH_ROWS", 65_536, minimum=1),
             max_value_bytes=_int(env, "DW_MAX_VALUE_BYTES", 1 << 20, minimum=1),
             pg_load_method=env.get("DW_PG_LOAD_METHOD") or "auto",
+            merge_rewrite_share=_share_or_off(env, "DW_MERGE_REWRITE_SHARE", 0.5),
+            merge_rewrite_min_rows=_int(env, "DW_MERGE_REWRITE_MIN_ROWS", 100_000, minimum=1),
             s3_endpoint_url=_endpoint(env.get("DW_S3_ENDPOINT_URL")),
             s3_region=env.get("DW_S3_REGION") or None,
             s3_connect_timeout_seconds=_float(env, "DW_S3_CONNECT_TIMEOUT_SECONDS", 10.0),
@@ -198,6 +204,16 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
         raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _share_or_off(env: Mapping[str, str], name: str, default: float) -> float | None:
+    raw = (env.get(name) or "").strip()
+    if raw.lower() == "off":
+        return None
+    value = _float(env, name, default)
+    if value > 1:
+        raise ConfigurationError(f"{name} must be a share between 0 and 1, or off, got {raw!r}")
     return value
 
 

@@ -327,7 +327,14 @@ def test_append_merge_upsert_and_prune_as_dw_worker_who_owns_its_tables(worker_d
         return scalar(admin, "SELECT has_database_privilege(:r, :d, 'CREATE')", r=ROLE, d=database)
 
     assert not can_create_in_database()
-    settings = dw_env(worker_db.url, DW_RETRY_MAX_RETRIES=0)
+    # Every merge takes the rewrite path (TRUNCATE, primary key dropped and rebuilt), which
+    # needs the table's ownership and a temporary table.
+    settings = dw_env(
+        worker_db.url,
+        DW_RETRY_MAX_RETRIES=0,
+        DW_MERGE_REWRITE_SHARE=0,
+        DW_MERGE_REWRITE_MIN_ROWS=1,
+    )
     service = build_service(settings)
     job_def = build_definitions(settings).resolve_job_def("dw_ingestion_job")
     try:
@@ -342,11 +349,15 @@ def test_append_merge_upsert_and_prune_as_dw_worker_who_owns_its_tables(worker_d
             }
             _assert_job_loaded(service, jobs, {"orders": 6, "customers": 5})
 
-            # Merge again: the upsert path (INSERT ... ON CONFLICT DO UPDATE) on existing rows.
+            # Merge again, over existing rows.
             update = enqueue(
                 service, "customers", SAMPLES_DIR / "customers_2026-11-25.parquet", tenant_id="acme"
             )
             assert run(job_def, instance, update).success, service.queue.get(update.job_id)
+            promoted = [
+                e for e in service.queue.audit_trail(update.job_id) if e.event == "PROMOTED"
+            ]
+            assert promoted[-1].details["strategy"] == "rewrite"
 
         _assert_job_loaded(service, {"customers": update}, {"customers": 3})
         customers = service.contracts.get("customers")

@@ -84,11 +84,13 @@ class PromoteResult:
     inserted: int  # rows written to storage (merge: new and changed rows)
     deleted: int  # rows removed first (append: the job's previous load; merge: changed rows)
     seconds: float
+    strategy: str = "insert"  # how storage was written: append "insert"; merge "in-place"/"rewrite"
 
     def details(self) -> dict[str, Any]:
         return {
             "rows": self.rows,
             "write_mode": self.write_mode,
+            "strategy": self.strategy,
             "inserted": self.inserted,
             "deleted": self.deleted,
             "seconds": round(self.seconds, 3),
@@ -259,6 +261,7 @@ class IngestionService:
             inserted=counts.inserted,
             deleted=counts.deleted,
             seconds=time.monotonic() - started,
+            strategy=counts.strategy,
         )
         self.queue.record_step(job_id, run_id, PROMOTED, result.details())
         self.queue.complete(job_id, run_id, rows_loaded=counts.rows, details=result.details())

@@ -128,6 +128,10 @@ def test_landing_roots_split_on_pathsep(in_tmp: Path, raw: str, roots: tuple[str
         ("DW_READ_BATCH_ROWS", "read_batch_rows", " 1000 ", 1000),
         ("DW_RETRY_BASE_DELAY_SECONDS", "retry_base_delay_seconds", "0.5", 0.5),
         ("DW_RETRY_MAX_DELAY_SECONDS", "retry_max_delay_seconds", "60", 60.0),
+        ("DW_MERGE_REWRITE_SHARE", "merge_rewrite_share", "0.25", 0.25),
+        ("DW_MERGE_REWRITE_SHARE", "merge_rewrite_share", "OFF", None),
+        ("DW_MERGE_REWRITE_SHARE", "merge_rewrite_share", "", 0.5),
+        ("DW_MERGE_REWRITE_MIN_ROWS", "merge_rewrite_min_rows", "1", 1),
     ],
 )
 def test_numbers_are_read(in_tmp: Path, name: str, attribute: str, raw: str, value: float) -> None:
@@ -146,6 +150,9 @@ def test_numbers_are_read(in_tmp: Path, name: str, attribute: str, raw: str, val
         ("DW_READ_BATCH_ROWS", "0", "must be >= 1"),
         ("DW_RETRY_BASE_DELAY_SECONDS", "soon", "must be a number, got 'soon'"),
         ("DW_RETRY_MAX_DELAY_SECONDS", "-1", "must be a finite number >= 0"),
+        ("DW_MERGE_REWRITE_SHARE", "1.5", "must be a share between 0 and 1, or off, got '1.5'"),
+        ("DW_MERGE_REWRITE_SHARE", "half", "must be a number, got 'half'"),
+        ("DW_MERGE_REWRITE_MIN_ROWS", "0", "must be >= 1"),
     ],
 )
 def test_bad_numbers_name_the_variable(in_tmp: Path, name: str, raw: str, detail: str) -> None:

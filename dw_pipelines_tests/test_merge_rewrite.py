@@ -1,0 +1,278 @@
+"""A large merge rewrites its storage table; the result is what merging in place gives.
+
+`Warehouse.promote` empties the table and puts back the kept rows when a merge job changes at
+least `DW_MERGE_REWRITE_SHARE` of the stored rows (see `Warehouse._rewrite_for_merge`). These
+tests lower `DW_MERGE_REWRITE_MIN_ROWS` so that a few rows take that path, and hold it to the
+same storage content, lineage and counts as the in-place path, to tenant isolation, to a
+rollback that leaves storage as it was, and to its fallbacks (locks not granted in time, a
+table with triggers of its own).
+"""
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from dw_pipelines.core import warehouse as warehouse_module
+from dw_pipelines.core.errors import TransientError
+from dw_pipelines.core.faults import reset_fault_counters
+from dw_pipelines.services import build_service, dispose
+from dw_pipelines_tests.conftest import make_settings
+from dw_pipelines_tests.test_load_paths import (
+    CONTRACT,
+    ROWS,
+    csv_text,
+    expected,
+    normalized,
+    storage,
+)
+
+UTC = dt.UTC
+REWRITE_ALWAYS = {"DW_MERGE_REWRITE_SHARE": "0", "DW_MERGE_REWRITE_MIN_ROWS": "1"}
+NEVER = {"DW_MERGE_REWRITE_SHARE": "off"}
+# Of the 6 stored rows: 1 unchanged, 4 changed, 1 new -> 4/6 of the table changes.
+SECOND = [
+    ROWS[0],
+    (2, "now set", *ROWS[1][2:]),
+    (3, "was all null", None, None, None, None, None, None, None),
+    (4, "changed too", *ROWS[3][2:]),
+    (5, *ROWS[4][1:3], 2.5, *ROWS[4][4:]),
+    (7, "new", 1, 2.0, True, dt.date(2026, 1, 1), dt.datetime(2026, 1, 1, tzinfo=UTC),
+     Decimal("1"), Decimal("2")),
+]  # fmt: skip
+
+
+def service_for(url: str, tmp: Path, landing: Path, **env):
+    contracts = tmp / "contracts"
+    contracts.mkdir(parents=True, exist_ok=True)
+    (contracts / "every_type.yaml").write_text(CONTRACT.format(mode="merge"))
+    return build_service(
+        make_settings(url, tmp / "home", landing, DW_DATASETS_PATH=contracts, **env)
+    )
+
+
+def merge(service, source: Path, run_id: str, tenant: str = "default"):
+    job = service.queue.enqueue(
+        {
+            "dataset": "every_type",
+            "source_uri": str(source),
+            "business_date": "2026-11-24",
+            "tenant_id": tenant,
+        }
+    ).job
+    service.stage(service.start(job.job_id, run_id), run_id)
+    return job, service.promote(job.job_id, run_id)
+
+
+def primary_key(service) -> str | None:
+    with service.warehouse.engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid = 'dw_storage.every_type'::regclass AND contype = 'p'"
+            )
+        ).scalar_one_or_none()
+
+
+def write(landing: Path, name: str, rows) -> Path:
+    path = landing / name
+    path.write_text(csv_text(rows), encoding="utf-8")
+    return path
+
+
+def by_tenant_and_id(service) -> dict[tuple[str, int], dict]:
+    return {(r["_dw_tenant_id"], r["id"]): r for r in storage(service)}
+
+
+def two_merges(url: str, tmp: Path, landing: Path, **env):
+    """First load ROWS, then SECOND; returns (first job, second job, result, rows by key)."""
+    first, second = write(landing, "v1.csv", ROWS), write(landing, "v2.csv", SECOND)
+    service = service_for(url, tmp, landing, **env)
+    try:
+        job1, _ = merge(service, first, "run-1")
+        job2, result = merge(service, second, "run-2")
+        return job1, job2, result, by_tenant_and_id(service), primary_key(service)
+    finally:
+        dispose(service)
+
+
+def test_rewrite_gives_the_in_place_content_lineage_and_counts(
+    pg_url: str, pg_admin: sa.Engine, landing_dir: Path, tmp_path: Path
+):
+    # The same two jobs in a copy of the fresh database, merged in place.
+    name = pg_url.rsplit("/", 1)[1]
+    in_place_url = f"{pg_url}_in_place"
+    with pg_admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}_in_place" TEMPLATE "{name}"'))
+    try:
+        in_place_job1, _, in_place, in_place_rows, _ = two_merges(
+            in_place_url, tmp_path / "b", landing_dir, **NEVER
+        )
+    finally:
+        with pg_admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}_in_place" WITH (FORCE)'))
+    assert in_place.strategy == "in-place"
+    assert (in_place.rows, in_place.deleted, in_place.inserted) == (6, 4, 5)
+
+    job1, job2, rewritten, rows, key = two_merges(
+        pg_url, tmp_path / "a", landing_dir, **REWRITE_ALWAYS
+    )
+    assert rewritten.strategy == "rewrite"
+    assert (rewritten.rows, rewritten.deleted, rewritten.inserted) == (6, 4, 5)
+    assert key == "PRIMARY KEY (_dw_tenant_id, id)"  # rebuilt after the rows went in
+
+    want = {row[0]: row for row in [*ROWS, *SECOND]}
+    assert [normalized(rows[k]) for k in sorted(rows)] == expected(
+        [want[k] for _, k in sorted(rows)]
+    )
+    assert [normalized(r) for r in rows.values()] == [normalized(in_place_rows[k]) for k in rows]
+    lineage = {k: r["_dw_job_id"] for (_, k), r in rows.items()}
+    in_place_lineage = {k: r["_dw_job_id"] for (_, k), r in in_place_rows.items()}
+    assert lineage[1] == job1.job_id and lineage[6] == job1.job_id  # unchanged / not in file
+    assert {lineage[k] for k in (2, 3, 4, 5, 7)} == {job2.job_id}
+    assert {k: v == in_place_job1.job_id for k, v in in_place_lineage.items()} == {
+        k: v == job1.job_id for k, v in lineage.items()
+    }
+
+
+def test_a_small_share_of_changes_merges_in_place_and_a_large_one_rewrites(
+    pg_url: str, landing_dir: Path, tmp_path: Path
+):
+    one_change = [ROWS[0], (2, "now set", *ROWS[1][2:]), *ROWS[2:]]
+    service = service_for(pg_url, tmp_path, landing_dir, DW_MERGE_REWRITE_MIN_ROWS="1")
+    try:
+        _, first = merge(service, write(landing_dir, "v1.csv", ROWS), "run-1")
+        assert first.strategy == "rewrite"  # an empty table: every row is new
+        _, small = merge(service, write(landing_dir, "one.csv", one_change), "run-2")
+        assert (small.strategy, small.deleted, small.inserted) == ("in-place", 1, 1)
+        _, large = merge(service, write(landing_dir, "v2.csv", SECOND), "run-3")
+        # Row 2 already reads "now set": 3 of the 6 stored rows change (the share is 0.5).
+        assert (large.strategy, large.deleted, large.inserted) == ("rewrite", 3, 4)
+        assert len(storage(service)) == 7
+    finally:
+        dispose(service)
+
+
+def test_rewrite_keeps_other_tenants_rows_and_their_lineage(
+    pg_url: str, landing_dir: Path, tmp_path: Path
+):
+    service = service_for(pg_url, tmp_path, landing_dir, **REWRITE_ALWAYS)
+    try:
+        first = write(landing_dir, "v1.csv", ROWS)
+        acme, _ = merge(service, first, "run-1", tenant="acme")
+        merge(service, first, "run-2", tenant="globex")
+        globex2, result = merge(service, write(landing_dir, "v2.csv", SECOND), "run-3", "globex")
+        rows = by_tenant_and_id(service)
+    finally:
+        dispose(service)
+    assert (result.strategy, result.deleted, result.inserted) == ("rewrite", 4, 5)
+    acme_rows = {k: r for (t, k), r in rows.items() if t == "acme"}
+    assert [normalized(acme_rows[k]) for k in sorted(acme_rows)] == expected(ROWS)
+    assert {r["_dw_job_id"] for r in acme_rows.values()} == {acme.job_id}
+    assert sorted(k for t, k in rows if t == "globex") == [1, 2, 3, 4, 5, 6, 7]
+    assert rows[("globex", 7)]["_dw_job_id"] == globex2.job_id
+
+
+def test_a_failed_rewrite_leaves_storage_as_it_was(pg_url: str, landing_dir: Path, tmp_path: Path):
+    service = service_for(pg_url, tmp_path, landing_dir, **REWRITE_ALWAYS)
+    try:
+        merge(service, write(landing_dir, "v1.csv", ROWS), "run-1")
+        before = [(normalized(r), r["_dw_job_id"], r["_dw_loaded_at"]) for r in storage(service)]
+    finally:
+        dispose(service)
+    reset_fault_counters()
+    service = service_for(
+        pg_url, tmp_path, landing_dir, DW_FAULT_INJECTION="promote.before_commit=raise",
+        **REWRITE_ALWAYS,
+    )  # fmt: skip
+    try:
+        with pytest.raises(TransientError, match=r"promote\.before_commit"):
+            merge(service, write(landing_dir, "v2.csv", SECOND), "run-2")
+        after = [(normalized(r), r["_dw_job_id"], r["_dw_loaded_at"]) for r in storage(service)]
+        assert after == before
+        assert primary_key(service) == "PRIMARY KEY (_dw_tenant_id, id)"
+    finally:
+        dispose(service)
+        reset_fault_counters()
+
+
+def test_rewrite_keeps_the_table_its_grants_and_the_views_on_it(
+    pg_url: str, landing_dir: Path, tmp_path: Path
+):
+    service = service_for(pg_url, tmp_path, landing_dir, **REWRITE_ALWAYS)
+    try:
+        merge(service, write(landing_dir, "v1.csv", ROWS), "run-1")
+        with service.warehouse.engine.begin() as conn:
+            oid = conn.execute(sa.text("SELECT 'dw_storage.every_type'::regclass::oid")).scalar()
+            conn.execute(
+                sa.text("CREATE VIEW public.every_s AS SELECT id, s FROM dw_storage.every_type")
+            )
+            conn.execute(sa.text("GRANT SELECT ON dw_storage.every_type TO pg_monitor"))
+        _, result = merge(service, write(landing_dir, "v2.csv", SECOND), "run-2")
+        assert result.strategy == "rewrite"
+        with service.warehouse.engine.connect() as conn:
+            assert (
+                conn.execute(sa.text("SELECT 'dw_storage.every_type'::regclass::oid")).scalar()
+                == oid
+            )
+            assert conn.execute(
+                sa.text(
+                    "SELECT has_table_privilege('pg_monitor', 'dw_storage.every_type', 'SELECT')"
+                )
+            ).scalar()
+            view = dict(conn.execute(sa.text("SELECT id, s FROM public.every_s")).all())
+        assert view[2] == "now set" and view[7] == "new" and len(view) == 7
+    finally:
+        dispose(service)
+
+
+def test_rewrite_falls_back_to_in_place_when_readers_hold_the_table(
+    pg_url: str, landing_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(warehouse_module, "MERGE_REWRITE_LOCK_TIMEOUT", "200ms")
+    service = service_for(pg_url, tmp_path, landing_dir, **REWRITE_ALWAYS)
+    reader = sa.create_engine(service.warehouse.engine.url)
+    try:
+        merge(service, write(landing_dir, "v1.csv", ROWS), "run-1")
+        with reader.connect() as held:
+            # An open transaction that read the table: its ACCESS SHARE lock stays until it ends.
+            assert held.execute(sa.text("SELECT count(*) FROM dw_storage.every_type")).scalar() == 6
+            _, result = merge(service, write(landing_dir, "v2.csv", SECOND), "run-2")
+            held.rollback()
+        assert (result.strategy, result.deleted, result.inserted) == ("in-place", 4, 5)
+        assert len(storage(service)) == 7
+    finally:
+        reader.dispose()
+        dispose(service)
+
+
+def test_a_table_with_its_own_triggers_is_merged_in_place(
+    pg_url: str, landing_dir: Path, tmp_path: Path
+):
+    # TRUNCATE would not fire a row trigger someone put on storage (e.g. an audit trigger).
+    service = service_for(pg_url, tmp_path, landing_dir, **REWRITE_ALWAYS)
+    try:
+        merge(service, write(landing_dir, "v1.csv", ROWS), "run-1")
+        with service.warehouse.engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE public.deleted_ids (id bigint)"))
+            conn.execute(
+                sa.text(
+                    "CREATE FUNCTION public.note_delete() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN INSERT INTO public.deleted_ids VALUES (OLD.id); RETURN OLD; END $$"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "CREATE TRIGGER note_delete AFTER DELETE ON dw_storage.every_type "
+                    "FOR EACH ROW EXECUTE FUNCTION public.note_delete()"
+                )
+            )
+        _, result = merge(service, write(landing_dir, "v2.csv", SECOND), "run-2")
+        with service.warehouse.engine.connect() as conn:
+            deleted = sorted(conn.execute(sa.text("SELECT id FROM public.deleted_ids")).scalars())
+    finally:
+        dispose(service)
+    assert result.strategy == "in-place"
+    assert deleted == [2, 3, 4, 5]
