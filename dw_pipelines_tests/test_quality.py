@@ -96,6 +96,52 @@ def test_a_row_lost_in_staging_fails_the_blocking_check_and_blocks_promotion(env
     assert "PROMOTED" not in events and events[-1] == "FAILED"
 
 
+def test_load_check_verdicts_are_per_partition_and_target_the_runs_materialization(env):
+    """What the UI's per-partition check status rests on: each load check's evaluation carries
+    the run's business date and points at the materialization the same run recorded for that
+    partition, and it settles the execution Dagster planned (no stray planned/skipped one)."""
+    service, defs, instance = env
+    job_def = defs.resolve_job_def("dw_ingestion_job")
+    contract = service.contracts.get("orders")
+    load_checks = [
+        dg.AssetCheckKey(dg.AssetKey([asset, "orders"]), name)
+        for asset in ("staging", "storage")
+        for name in quality.check_names(contract)
+    ]
+    runs = {}
+    for source, day in (
+        (ORDERS_CSV, "2026-11-24"),
+        (SAMPLES_DIR / "orders_2026-11-25.jsonl", "2026-11-25"),
+    ):
+        job = enqueue(service, "orders", source, day)
+        result = run(job_def, instance, job)
+        assert result.success
+        runs[day] = result.run_id
+        evaluations = {e.asset_check_key: e for e in result.get_asset_check_evaluations()}
+        for key in load_checks:
+            materialization = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key.asset_key, asset_partitions=[day]), limit=1
+            ).records[0]
+            assert materialization.run_id == result.run_id
+            evaluation = evaluations[key]
+            assert (evaluation.passed, evaluation.partition) == (True, day)
+            assert evaluation.blocking is (key.asset_key.path[0] == "staging")
+            target = evaluation.target_materialization_data
+            assert (target.run_id, target.storage_id) == (result.run_id, materialization.storage_id)
+            executions = instance.event_log_storage.get_asset_check_execution_history(key, 10)
+            assert [
+                (x.run_id, x.partition, x.status.value)
+                for x in executions
+                if x.run_id == result.run_id
+            ] == [(result.run_id, day, "SUCCEEDED")]
+    infos = instance.event_log_storage.get_asset_check_partition_info(load_checks)
+    status = {(i.check_key, i.partition_key): i for i in infos}
+    assert set(status) == {(key, day) for key in load_checks for day in runs}
+    for (key, day), info in status.items():
+        assert info.latest_execution_status.value == "SUCCEEDED", (key, day)
+        assert info.is_current and info.latest_planned_run_id == runs[day], (key, day)
+
+
 def test_storage_checks_catch_duplicate_keys_and_nulls(env):
     service, defs, instance = env
     contract = service.contracts.get("orders")

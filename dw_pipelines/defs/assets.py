@@ -20,6 +20,9 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import dagster as dg
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 
 from dw_pipelines.core import quality
 from dw_pipelines.core.contracts import DatasetContract
@@ -32,6 +35,8 @@ from dw_pipelines.defs.resources import DwResource
 from dw_pipelines.settings import TAG_DATASET, TAG_JOB_ID
 
 T = TypeVar("T")
+# What the asset bodies yield: the materialization, then their checks' outputs and verdicts.
+StepEvent = dg.MaterializeResult | dg.Output | dg.AssetCheckEvaluation | dg.AssetCheckResult
 SETTLED_STATUSES = ("COMPLETED", "FAILED")
 
 
@@ -249,6 +254,65 @@ def _check_results(
     ]
 
 
+def _target_materialization(
+    context: dg.AssetExecutionContext, asset_key: dg.AssetKey
+) -> AssetCheckEvaluationTargetMaterializationData | None:
+    """The materialization of `asset_key` this step has just recorded for its partition: the
+    same event-log lookup Dagster makes for each `AssetCheckResult`, made once per step."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[context.partition_key]),
+        limit=1,
+    ).records
+    if not records:
+        return None
+    return AssetCheckEvaluationTargetMaterializationData(
+        run_id=records[0].run_id, storage_id=records[0].storage_id, timestamp=records[0].timestamp
+    )
+
+
+def _check_evaluations(
+    context: dg.AssetExecutionContext,
+    asset_key: dg.AssetKey,
+    outcomes: list[quality.CheckOutcome],
+) -> Iterator[StepEvent]:
+    """The load checks' verdicts on the materialization the step has just yielded.
+
+    The events Dagster makes of an `AssetCheckResult` (the check's output, then its
+    evaluation), built here to spare a run's fixed cost: for a partitioned step Dagster looks
+    up the target materialization in the event log for every check result, twice when the
+    results ride in a `MaterializeResult` (12 queries per run of six checks); one lookup here
+    serves all of the step's checks. The evaluation is the one Dagster would build (partition,
+    blocking, severity, target materialization), so it settles the check execution planned for
+    the run and the UI shows the same per-partition verdicts; a failed blocking evaluation
+    still fails the step once it has yielded everything. The lookup must come after the
+    asset's `MaterializeResult` has been yielded (Dagster records it in between).
+    """
+    if not outcomes:
+        return
+    if not context.has_partition_key:  # not an ingestion run: let Dagster resolve the target
+        yield from _check_results(asset_key, outcomes)
+        return
+    assets_def = context.assets_def
+    output_names = {spec.key: name for name, spec in assets_def.check_specs_by_output_name.items()}
+    target = _target_materialization(context, asset_key)
+    for o in outcomes:
+        key = dg.AssetCheckKey(asset_key, o.name)
+        spec = assets_def.get_spec_for_check_key(key)
+        if key in output_names:  # selected (else Dagster, too, lets the verdict through)
+            yield dg.Output(None, output_name=output_names[key])
+        yield dg.AssetCheckEvaluation(
+            asset_key=asset_key,
+            check_name=o.name,
+            passed=o.passed,
+            metadata={"result": o.description, **o.metadata},
+            target_materialization_data=target,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=o.description,
+            blocking=spec.blocking,
+            partition=context.partition_key if spec.partitions_def is not None else None,
+        )
+
+
 def _outbox_link(job_ids: list[str]) -> dict[str, object]:
     """How to get from the materialization to the outbox rows (and back: runs carry dw/job_id)."""
     if len(job_ids) != 1:
@@ -355,9 +419,7 @@ def dataset_assets(
         check_specs=_check_specs(contract, staging_key(dataset), True, partitions_def),
         **op_common,
     )
-    def staging_asset(
-        context: dg.AssetExecutionContext, dw: DwResource
-    ) -> Iterator[dg.MaterializeResult]:
+    def staging_asset(context: dg.AssetExecutionContext, dw: DwResource) -> Iterator[StepEvent]:
         if staging_key(dataset) not in context.selected_asset_keys:
             return  # only checks selected: they judge a load, so they run with one
         staged = stage_jobs(context, dw)
@@ -372,10 +434,9 @@ def dataset_assets(
                 contract.column_names, [[row[c] for c in contract.column_names] for row in first]
             )
         yield dg.MaterializeResult(
-            asset_key=staging_key(dataset),
-            metadata=_staging_metadata(results, preview),
-            check_results=_check_results(staging_key(dataset), outcomes),
+            asset_key=staging_key(dataset), metadata=_staging_metadata(results, preview)
         )
+        yield from _check_evaluations(context, staging_key(dataset), outcomes)
 
     @dg.multi_asset(
         name=f"storage__{dataset}",
@@ -407,9 +468,7 @@ def dataset_assets(
         check_specs=_check_specs(contract, storage_key(dataset), False, partitions_def),
         **op_common,
     )
-    def storage_asset(
-        context: dg.AssetExecutionContext, dw: DwResource
-    ) -> Iterator[dg.MaterializeResult]:
+    def storage_asset(context: dg.AssetExecutionContext, dw: DwResource) -> Iterator[StepEvent]:
         freshness_key = dg.AssetCheckKey(storage_key(dataset), quality.FRESHNESS)
         if storage_key(dataset) not in context.selected_asset_keys:
             # Only checks selected (an operator's "Execute" in the UI): freshness can run alone;
@@ -461,9 +520,6 @@ def dataset_assets(
             )
             results.append(result)
         outcomes = _storage_checks(context, dw, results)
-        extra_checks = []
-        if freshness_key in context.selected_asset_check_keys:
-            extra_checks.append(freshness_result(dw, contract))
         yield dg.MaterializeResult(
             asset_key=storage_key(dataset),
             metadata={
@@ -474,14 +530,18 @@ def dataset_assets(
                 "write_mode": contract.write_mode,
                 "inserted": dg.MetadataValue.int(sum(r.inserted for r in results)),
                 "deleted": dg.MetadataValue.int(sum(r.deleted for r in results)),
+                # merge: "rewrite" when a job replaced most of the table (readers waited on it)
+                "strategy": ", ".join(sorted({r.strategy for r in results})),
                 "duration_seconds": dg.MetadataValue.float(
                     float(round(sum(r.seconds for r in results), 3))
                 ),
                 **_outbox_link([r.job_id for r in results]),
                 **({"staging_checks": "; ".join(o.description for o in gate)} if gate else {}),
             },
-            check_results=_check_results(storage_key(dataset), outcomes) + extra_checks,
         )
+        yield from _check_evaluations(context, storage_key(dataset), outcomes)
+        if freshness_key in context.selected_asset_check_keys:
+            yield freshness_result(dw, contract)
 
     def _storage_checks(
         context: dg.AssetExecutionContext, dw: DwResource, results: list[PromoteResult]
