@@ -1,6 +1,7 @@
 """Build the core objects from `Settings`: the one wiring shared by the CLI, Dagster and tests."""
 
 import functools
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -63,8 +64,41 @@ def release_arrow_memory_promptly() -> None:
         pass
 
 
+@functools.cache
+def keep_pandas_out_of_arrow() -> None:
+    """pyarrow imports pandas (~40 MB resident) the first time it builds an array from Python
+    or numpy values (`pa.array`, `pa.scalar`, a tz-aware timestamp's `as_py`) just to check
+    whether the value is a pandas object; the data path does that on its first batch and never
+    uses pandas. So let pyarrow's one optional probe find no pandas.
+
+    Only the optional probe is affected: explicit pandas conversions (`to_pandas`,
+    `Table.from_pandas`) still import pandas when called and turn pyarrow's pandas support back
+    on, and a process that has imported pandas already is left as it is. Until then, pandas
+    objects handed straight to `pa.array` in this process are read as plain sequences (a
+    Categorical becomes strings); nothing in this package does that.
+    """
+    if "pandas" in sys.modules:
+        return
+    finder = _NoPandasFinder()
+    sys.meta_path.insert(0, finder)
+    try:
+        pa.array([], pa.int64())  # pyarrow's first (and last) optional probe for pandas
+    finally:
+        sys.meta_path.remove(finder)
+
+
+class _NoPandasFinder:
+    """An import hook that makes `import pandas` fail while it is installed."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ImportError("pandas is not imported for pyarrow's optional probe")
+        return None
+
+
 def build_service(settings: Settings) -> IngestionService:
     release_arrow_memory_promptly()
+    keep_pandas_out_of_arrow()
     contracts = load_contracts(settings)
     queue = build_queue(settings, contracts)
     return IngestionService(

@@ -14,11 +14,13 @@ its `s3://bucket/key` URI in every message. Store errors keep their class: throt
 timeouts stay transient (`SourceUnavailable`), a denied or missing object is permanent.
 """
 
+import codecs
 import csv
 import decimal
 import io
 import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +30,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
-import pyarrow.parquet as pq
 
 from dw_pipelines.core.contracts import ColumnType, CsvOptions, DatasetContract
 from dw_pipelines.core.errors import ContractViolation, DwError, SourceError
@@ -255,10 +256,78 @@ def open_source(
     )
 
 
-# Text is parsed a block at a time and no row may be larger than one block. The reader keeps a few
-# dozen blocks in flight, so the block size drives peak memory: 2 MiB holds it near 100 MB
-# whatever the file's size (8 MiB blocks measured ~300 MB, and were slower).
+# Text is parsed a block at a time and no row may be larger than one block. Arrow's streaming
+# readers read up to 32 blocks ahead on a background thread; `_PacedStream` holds that to
+# READ_AHEAD_BLOCKS, so block size times read-ahead (plus the batches being parsed) bounds the
+# reader's memory whatever the file's size. Reading a 5M-row CSV, Arrow's memory peaked at
+# ~80 MB with 2 MiB blocks and the full read-ahead (~300 MB with 8 MiB blocks), ~20 MB paced.
 DEFAULT_BLOCK_BYTES = 2 << 20
+READ_AHEAD_BLOCKS = 4
+# A stalled consumer (or a block that yields no batch, e.g. only blank lines) must never stall
+# the reader for good: after this wait one more block is read anyway.
+_READ_AHEAD_WAIT_SECONDS = 0.5
+
+
+class _PacedStream:
+    """A readable stream that lets Arrow's background reader run at most `ahead` reads
+    beyond what the consumer has taken (`taken` is called per batch it takes); None: no limit.
+
+    Arrow's streaming CSV and JSON readers read their input one block per `read` call and
+    yield a batch per block (an empty one for a block without rows), so reads minus batches
+    taken is the number of blocks held ahead. Not so when Arrow transcodes the input (a CSV
+    encoding other than UTF-8 may take several reads per block): such streams are not paced.
+    Arrow calls `read_buffer` from its I/O thread (with the GIL); the wait releases the GIL.
+    """
+
+    def __init__(self, stream: pa.NativeFile, ahead: int | None):
+        self._stream = stream
+        self._ahead = ahead
+        self._reads = 0
+        self._taken = 0
+        self._released = False
+        self._cond = threading.Condition()
+        self.closed = False
+
+    def taken(self) -> None:
+        with self._cond:
+            self._taken += 1
+            self._cond.notify_all()
+
+    def release(self) -> None:
+        """No more pacing (the consumer is done or gone): never keep the reader waiting."""
+        with self._cond:
+            self._released = True
+            self._cond.notify_all()
+
+    def _wait_for_room(self) -> None:
+        with self._cond:
+            while (
+                self._ahead is not None
+                and not self._released
+                and self._reads - self._taken > self._ahead
+            ):
+                if not self._cond.wait(_READ_AHEAD_WAIT_SECONDS):
+                    break
+            self._reads += 1
+
+    def read_buffer(self, nbytes: int) -> pa.Buffer:
+        self._wait_for_room()
+        return self._stream.read_buffer(nbytes)
+
+    def read(self, nbytes: int | None = None) -> bytes:
+        self._wait_for_room()
+        return self._stream.read(nbytes)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.release()
+        self.closed = True
+        self._stream.close()
 
 
 def read_batches(
@@ -319,8 +388,11 @@ def _read_csv(
         bad_rows.append(row)
         return "error"
 
+    # Arrow transcodes any other encoding to UTF-8, with its own reads (see `_PacedStream`).
+    utf8 = codecs.lookup(options.encoding).name == "utf-8"
+    stream = None
     try:
-        stream = source.open_stream()
+        stream = _PacedStream(source.open_stream(), READ_AHEAD_BLOCKS if utf8 else None)
         reader = pacsv.open_csv(
             stream,
             read_options=pacsv.ReadOptions(block_size=block_size, encoding=options.encoding),
@@ -338,21 +410,34 @@ def _read_csv(
             ),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        _release(stream)
         raise _csv_error(source, options, exc, bad_rows, block_bytes) from None
     except OSError as exc:
+        _release(stream)
         raise source.io_error(exc) from None
-    check_columns(source, reader.schema.names, contract)
     with reader:
-        while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                return
-            except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-                raise _csv_error(source, options, exc, bad_rows, block_bytes) from None
-            except OSError as exc:
-                raise source.io_error(exc) from None
-            yield from _rechunk(batch.select(contract.column_names), batch_rows)
+        try:
+            check_columns(source, reader.schema.names, contract)
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    return
+                except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+                    raise _csv_error(source, options, exc, bad_rows, block_bytes) from None
+                except OSError as exc:
+                    raise source.io_error(exc) from None
+                stream.taken()
+                yield from _rechunk(batch.select(contract.column_names), batch_rows)
+        finally:
+            # Before the reader closes: its background reads must not wait for a consumer that
+            # has stopped (an error, or a caller that abandons the batches).
+            stream.release()
+
+
+def _release(stream: "_PacedStream | None") -> None:
+    if stream is not None:
+        stream.release()
 
 
 def _csv_error(
@@ -399,6 +484,8 @@ def _csv_error(
 def _read_parquet(
     source: SourceFile, contract: DatasetContract, batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
+    import pyarrow.parquet as pq  # ~9 MB resident: only for Parquet sources
+
     handle = None
     try:
         handle = source.parquet_source()
@@ -442,8 +529,9 @@ def _read_jsonl(
     source: SourceFile, contract: DatasetContract, batch_rows: int, block_bytes: int
 ) -> Iterator[pa.RecordBatch]:
     schema = pa.schema([pa.field(f.name, _jsonl_read_type(f.type)) for f in contract.arrow_schema])
+    stream = None
     try:
-        stream = source.open_stream()
+        stream = _PacedStream(source.open_stream(), READ_AHEAD_BLOCKS)
         reader = pajson.open_json(
             stream,
             read_options=pajson.ReadOptions(block_size=block_bytes),
@@ -452,11 +540,14 @@ def _read_jsonl(
             ),
         )
         for batch in reader:
+            stream.taken()
             yield from _rechunk(batch.select(contract.column_names), batch_rows)
     except pa.ArrowInvalid as exc:
         raise _locate_jsonl_error(source, contract, exc) from None
     except OSError as exc:
         raise source.io_error(exc) from None
+    finally:
+        _release(stream)
 
 
 def _locate_jsonl_error(source: SourceFile, contract: DatasetContract, exc: Exception) -> Exception:
