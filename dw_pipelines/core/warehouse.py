@@ -55,6 +55,18 @@ LOAD_METHODS = ("auto", "adbc", "copy-csv")
 # (plus the floor) changed since the table's last statistics; see `_analyze_if_stale`.
 ANALYZE_SHARE = 0.1
 ANALYZE_MIN_ROWS = 1000
+# The rewrite's kept-rows query is a hash anti-join of the staged rows against the whole table.
+# PostgreSQL 15 plans it on one process with a cost estimate high enough to JIT-compile it (with
+# inlining and optimization: ~1 s of compile time measured), or as a parallel merge join that
+# sorts the staged rows in every worker. Told that workers cost nothing to start, without merge
+# joins and without JIT, it runs a parallel hash anti-join: 0.69 s instead of 1.25 s for 1M rows
+# against 1M. Set for that statement only.
+BULK_ANTI_JOIN_SETTINGS = {
+    "parallel_setup_cost": "0",
+    "parallel_tuple_cost": "0",
+    "enable_mergejoin": "off",
+    "jit": "off",
+}
 # A merge job smaller than this never rewrites its storage table (see `Warehouse.promote`).
 MERGE_REWRITE_MIN_ROWS = 100_000
 # How long a rewrite waits for its locks on the storage table before merging in place instead;
@@ -638,18 +650,19 @@ class Warehouse:
             stored = conn.execute(sa.select(sa.func.count()).select_from(storage)).scalar_one()
             # Kept: rows of other tenants and keys, and rows whose values this job repeats
             # (they keep their lineage, as in place).
-            kept_query = (
-                sa.select(*storage.columns)
-                .select_from(
-                    storage.outerjoin(staged, sa.and_(staged.c[JOB_ID_COLUMN] == job_id, key_match))
+            kept_query = sa.select(*storage.columns).where(
+                ~sa.exists(
+                    sa.select(sa.literal(1)).where(
+                        staged.c[JOB_ID_COLUMN] == job_id, key_match, changed
+                    )
                 )
-                .where(sa.or_(staged.c[JOB_ID_COLUMN].is_(None), sa.not_(changed)))
             )
             compiled = kept_query.compile(conn)
-            kept = conn.exec_driver_sql(
-                f"CREATE TEMPORARY TABLE dw_kept_rows ON COMMIT DROP AS {compiled}",
-                compiled.params,
-            ).rowcount
+            with _planner_settings(conn, BULK_ANTI_JOIN_SETTINGS):
+                kept = conn.exec_driver_sql(
+                    f"CREATE TEMPORARY TABLE dw_kept_rows ON COMMIT DROP AS {compiled}",
+                    compiled.params,
+                ).rowcount
             removed = stored - kept
             if removed < share * stored:
                 savepoint.rollback()
@@ -758,6 +771,16 @@ class Warehouse:
             query = query.where(storage.c[JOB_ID_COLUMN] == job_id)
         with self.engine.connect() as conn:
             return conn.execute(query).scalar_one()
+
+
+@contextlib.contextmanager
+def _planner_settings(conn: Connection, settings: dict[str, str]) -> Iterator[None]:
+    """Planner settings for the statements in the block, in this transaction only."""
+    for name, value in settings.items():
+        conn.execute(sa.text(f"SET LOCAL {name} = '{value}'"))
+    yield
+    for name in settings:
+        conn.execute(sa.text(f"SET LOCAL {name} TO DEFAULT"))
 
 
 def libpq_conninfo(url: sa.URL) -> str:

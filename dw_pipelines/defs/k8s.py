@@ -13,8 +13,9 @@ from dw_pipelines.core.outbox import OutboxJob
 K8S_CONFIG_TAG = "dagster-k8s/config"
 LARGE_SOURCE_BYTES = 100 << 20
 
-# Memory follows the data path: ~100 MB of Arrow buffers while streaming plus the in-file key
-# check (~24 bytes a row), on top of ~200 MB for the Dagster run process itself.
+# Memory follows the data path: ~20 MB of Arrow buffers while streaming (bounded read-ahead)
+# plus the in-file key check (8 bytes a row), on top of ~200 MB for the Dagster run process
+# itself (docs/benchmarks.md: ~275 MB at the peak for a 5M-row file).
 RESOURCES = {
     "small": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
     "large": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
