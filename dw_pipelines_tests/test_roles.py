@@ -399,6 +399,35 @@ def test_append_merge_upsert_and_prune_as_dw_worker_who_owns_its_tables(worker_d
     assert not can_create_in_database()
 
 
+def test_a_large_merge_without_temporary_tables_merges_in_place(worker_db, dw_env, engines):
+    """roles.sql leaves TEMPORARY to PUBLIC's default; where an administrator revoked it, the
+    rewrite of a large merge (which copies the kept rows to a temporary table) is not tried."""
+    admin = engines(worker_db.admin_url)
+    database = sa.make_url(worker_db.admin_url).database
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC'))
+    assert not scalar(
+        admin, "SELECT has_database_privilege(:r, :d, 'TEMPORARY')", r=ROLE, d=database
+    )
+    settings = dw_env(
+        worker_db.url, DW_RETRY_MAX_RETRIES=0, DW_MERGE_REWRITE_SHARE=0, DW_MERGE_REWRITE_MIN_ROWS=1
+    )
+    service = build_service(settings)
+    job_def = build_definitions(settings).resolve_job_def("dw_ingestion_job")
+    try:
+        with dg.instance_for_test() as instance:
+            first = enqueue(service, "customers", SAMPLES_DIR / "customers.csv")
+            update = enqueue(service, "customers", SAMPLES_DIR / "customers_2026-11-25.parquet")
+            for job in (first, update):
+                assert run(job_def, instance, job).success, service.queue.get(job.job_id)
+        _assert_job_loaded(service, {"customers": update}, {"customers": 3})
+        promoted = [e for e in service.queue.audit_trail(update.job_id) if e.event == "PROMOTED"]
+        assert promoted[-1].details["strategy"] == "in-place"
+        assert service.warehouse.storage_rows(service.contracts.get("customers")) == 6
+    finally:
+        dispose(service)
+
+
 def test_warehouse_tables_of_the_administrator_get_full_dml_only(worker_db, engines):
     admin = engines(worker_db.admin_url)
     with admin.connect() as conn:

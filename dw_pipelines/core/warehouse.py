@@ -612,7 +612,8 @@ class Warehouse:
         commits. So it runs only where it pays (this job changes at least `merge_rewrite_share`
         of the stored rows, and at least `merge_rewrite_min_rows` are staged), only on a table
         this role owns, that nothing references by foreign key and that has no triggers of its
-        own (TRUNCATE would bypass row triggers), and only if the locks come within
+        own (TRUNCATE would bypass row triggers), where the role may create temporary tables
+        (roles.sql leaves that to PUBLIC's default), and only if the locks come within
         MERGE_REWRITE_LOCK_TIMEOUT. Otherwise the caller merges in place, as if this was never
         tried: everything here runs in a savepoint.
 
@@ -628,6 +629,7 @@ class Warehouse:
             sa.text(
                 "SELECT c.reltuples,"
                 " pg_has_role(c.relowner, 'USAGE')"
+                " AND has_database_privilege(current_database(), 'TEMPORARY')"
                 " AND NOT EXISTS (SELECT 1 FROM pg_constraint f"
                 "                 WHERE f.confrelid = c.oid AND f.contype = 'f')"
                 " AND NOT EXISTS (SELECT 1 FROM pg_trigger t"
@@ -672,10 +674,13 @@ class Warehouse:
                 return None
             conn.execute(sa.text(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE"))
             conn.execute(sa.text("SET LOCAL lock_timeout TO DEFAULT"))
-        except sa.exc.OperationalError as exc:
-            # lock_timeout (lock_not_available) or a privilege the role lacks after all
+        except sa.exc.OperationalError as exc:  # lock_timeout: lock_not_available
             savepoint.rollback()
             _log.info("merge into %s in place: %s", name, exc.orig or exc)
+            return None
+        except sa.exc.ProgrammingError as exc:  # a privilege the checks above did not foresee
+            savepoint.rollback()
+            _log.warning("merge into %s in place: %s", name, exc.orig or exc)
             return None
         savepoint.commit()
         key = _quote(conn, key_name)
