@@ -159,7 +159,8 @@ ALTER ROLE dw_worker SET lock_timeout = '1min';
 -- explicit grant only. CAREFUL: this affects EVERY non-superuser role that connected to this
 -- database through PUBLIC (applications, BI readers, monitoring): grant them CONNECT explicitly,
 -- e.g. `GRANT CONNECT ON DATABASE dw TO bi_reader;`. The owner and superusers keep access.
--- (TEMPORARY stays granted to PUBLIC: temp tables are session-private; revoke it too if wanted.)
+-- (TEMPORARY stays granted to PUBLIC: temp tables are session-private; revoke it too if wanted.
+-- Without it, large merge jobs cannot rewrite their table and always merge in place.)
 REVOKE CONNECT ON DATABASE :"DBNAME" FROM PUBLIC;
 GRANT CONNECT ON DATABASE :"DBNAME" TO dw_worker;
 
