@@ -8,6 +8,7 @@ Small data on purpose: this is about exactness, not speed (see benchmarks/ for s
 import datetime as dt
 import json
 import math
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -318,10 +319,45 @@ def test_large_merges_refresh_the_storage_statistics_and_small_ones_do_not(
     try:
         # Analyzed right after the first load: the planner knows the 3,000 rows.
         assert statistics(service) == (3000, 1)
+        with service.warehouse.engine.connect() as conn:
+            analyzed = conn.execute(
+                sa.text(
+                    "SELECT attname FROM pg_stats WHERE schemaname = 'dw_storage' "
+                    "AND tablename = 'every_type' ORDER BY attname"
+                )
+            ).scalars()
+            assert list(analyzed) == ["_dw_tenant_id", "id"]  # the merge join's columns only
+
+        # ... and the count of changes since the last full ANALYZE stays for autovacuum, which
+        # then gathers the statistics of every column. The load's own counts reach the stats
+        # system when its backend exits (or goes idle a while): close the pool, wait for them,
+        # and analyze once more as a large job would.
+        service.warehouse.engine.dispose()
+
+        def changes_since_analyze() -> int:
+            with service.warehouse.engine.connect() as conn:
+                return conn.execute(
+                    sa.text(
+                        "SELECT n_mod_since_analyze FROM pg_stat_user_tables "
+                        "WHERE relid = 'dw_storage.every_type'::regclass"
+                    )
+                ).scalar_one()
+
+        deadline = time.monotonic() + 10
+        while changes_since_analyze() < 3000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert changes_since_analyze() >= 3000
+        contract = service.contracts.get("every_type")
+        storage = service.warehouse.tables(contract).storage
+        service.warehouse._analyze_if_stale(storage, contract, changed_rows=3000)
+        assert statistics(service) == (3000, 2)
+        assert changes_since_analyze() >= 3000
+        service.warehouse.engine.dispose()  # the next job's statistics start from here
+
         second = run_job(service, small, "run-2")
         result = service.promote(second.job_id, "run-2")
         assert (result.deleted, result.inserted) == (1, 1)
-        assert statistics(service) == (3000, 1)  # 2 changed rows of 3,000: no ANALYZE
+        assert statistics(service) == (3000, 2)  # 2 changed rows of 3,000: no ANALYZE
     finally:
         dispose(service)
 
