@@ -301,6 +301,19 @@ def scratch_database(server_url: str, keep: bool = False) -> Iterator[str]:
             drop_database(server_url, url)
 
 
+@contextmanager
+def empty_database(server_url: str, keep: bool = False) -> Iterator[str]:
+    """A new empty `dw_bench_<random>` database (for Dagster's own storage), dropped on exit."""
+    url = create_database(server_url)
+    try:
+        yield url
+    finally:
+        if keep:
+            log(f"kept database {url}")
+        else:
+            drop_database(server_url, url)
+
+
 def server_version(server_url: str) -> str:
     import psycopg
 
