@@ -155,6 +155,55 @@ def test_a_small_share_of_changes_merges_in_place_and_a_large_one_rewrites(
         dispose(service)
 
 
+def snapshot(landing: Path, name: str, rows: int, changed: set[int]) -> Path:
+    """A full export of `rows` keys; the keys in `changed` carry a new value."""
+    path = landing / name
+    lines = [f"{n},{'new' if n in changed else 'v'}{n},{n},,,,,,\n" for n in range(rows)]
+    path.write_text("id,s,i,f,b,d,ts,amount,big\n" + "".join(lines), encoding="utf-8")
+    return path
+
+
+def test_a_snapshot_with_few_changes_skips_the_rewrite_attempt(
+    pg_url: str, landing_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # A daily full export with a few changed rows is as large as the table, but a sample of it
+    # shows that a rewrite would not pay: the kept-rows query never runs.
+    monkeypatch.setattr(warehouse_module, "MERGE_SAMPLE_ROWS", 400)  # a part of 3,000 rows
+    service = service_for(pg_url, tmp_path, landing_dir, DW_MERGE_REWRITE_MIN_ROWS="1")
+    statements: list[str] = []
+    sa.event.listen(
+        service.warehouse.engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *args: statements.append(statement),
+    )
+    try:
+        job1, first = merge(service, snapshot(landing_dir, "day1.csv", 3000, set()), "run-1")
+        assert first.strategy == "rewrite"  # an empty table
+        assert any("dw_kept_rows" in s for s in statements)
+
+        statements.clear()
+        few = {n for n in range(3000) if n % 50 == 7}  # 60 rows, 2 %
+        job2, second = merge(service, snapshot(landing_dir, "day2.csv", 3000, few), "run-2")
+        assert (second.strategy, second.deleted, second.inserted) == ("in-place", 60, 60)
+        assert any("TABLESAMPLE system" in s for s in statements)  # the look it took instead
+        assert not any("dw_kept_rows" in s for s in statements)
+        rows = by_tenant_and_id(service)
+        assert len(rows) == 3000
+        assert rows[("default", 7)]["s"] == "new7"
+        assert rows[("default", 7)]["_dw_job_id"] == job2.job_id
+        assert rows[("default", 8)]["_dw_job_id"] == job1.job_id  # unchanged: keeps its lineage
+
+        statements.clear()
+        # The other 2,940 rows get new values and the 60 their old ones: every row changes.
+        every = set(range(3000)) - few
+        _, third = merge(service, snapshot(landing_dir, "day3.csv", 3000, every), "run-3")
+        assert (third.strategy, third.deleted, third.inserted) == ("rewrite", 3000, 3000)
+        assert any("dw_kept_rows" in s for s in statements)
+        assert len(storage(service)) == 3000
+    finally:
+        dispose(service)
+
+
 def test_rewrite_keeps_other_tenants_rows_and_their_lineage(
     pg_url: str, landing_dir: Path, tmp_path: Path
 ):
