@@ -180,25 +180,30 @@ def split_rows(rows: int, parts: int) -> list[tuple[int, int]]:
     return slices
 
 
-def updated(table: "pa.Table") -> "pa.Table":
-    """The same keys with every row changed (user_id + 1): what a merge must rewrite."""
+def updated(table: "pa.Table", percent: int = 100) -> "pa.Table":
+    """The same keys with `percent` of the rows changed (user_id + 1, on the rows whose event_id
+    ends in 00..percent-1, spread evenly through the file): what a merge must rewrite."""
     import pyarrow.compute as pc
 
     index = table.schema.get_field_index("user_id")
-    return table.set_column(index, "user_id", pc.add(table.column(index), 1))
+    user_id = table.column(index)
+    if percent < 100:
+        chosen = pc.less(pc.remainder(table.column("event_id"), 100), percent)
+        return table.set_column(index, "user_id", pc.if_else(chosen, pc.add(user_id, 1), user_id))
+    return table.set_column(index, "user_id", pc.add(user_id, 1))
 
 
 def generate_files(
-    rows: int, parts: int, fmt: str, folder: Path, update: bool = False
+    rows: int, parts: int, fmt: str, folder: Path, update: bool = False, percent: int = 100
 ) -> list[Path]:
     """The events 1..rows in `parts` files of format `fmt` (one data set, cut into slices).
 
-    With `update`, the same keys with every row changed (see `updated`).
+    With `update`, the same keys with `percent` of the rows changed (see `updated`).
     """
     folder.mkdir(parents=True, exist_ok=True)
     table = generate_events(rows)
     if update:
-        table = updated(table)
+        table = updated(table, percent)
     paths = []
     for index, (first, count) in enumerate(split_rows(rows, parts)):
         name = "events.{}" if parts == 1 else f"events_{index + 1:04d}.{{}}"

@@ -28,6 +28,7 @@ the expected data (sum of user_id: the source's, or after a merge the update fil
     .venv/bin/python benchmarks/ingest.py --rows 10000 --format parquet --repeat 3
     .venv/bin/python benchmarks/ingest.py --files 100 --methods copy,ingest --dagster
     .venv/bin/python benchmarks/ingest.py --methods copy,ingest --s3
+    .venv/bin/python benchmarks/ingest.py --methods copy,ingest-merge --merge-changed 1  # snapshot
     .venv/bin/python benchmarks/ingest.py --json > result.json
 """
 
@@ -411,7 +412,7 @@ def worker_main(method: str, config_path: str) -> None:
 @dataclass
 class Data:
     files: list[Path]  # what the methods load
-    update_files: list[Path]  # the same keys, every row changed: the timed merge pass
+    update_files: list[Path]  # the same keys, --merge-changed % of the rows changed: timed merge
     copy_files: list[Path]  # CSV equivalents, for raw COPY
     fmt: str
     rows: int
@@ -435,7 +436,12 @@ def prepare_data(args: argparse.Namespace, workdir: Path) -> Data:
         bl.log(f"generating {args.rows:,} rows as {args.files} {args.format} file(s) ...")
         files = bl.generate_files(args.rows, args.files, args.format, workdir / "landing")
         updates = bl.generate_files(
-            args.rows, args.files, args.format, workdir / "updates", update=True
+            args.rows,
+            args.files,
+            args.format,
+            workdir / "updates",
+            update=True,
+            percent=args.merge_changed,
         )
         copy_files = files
         if args.format != "csv":
@@ -459,7 +465,7 @@ def _source_data(args: argparse.Namespace, workdir: Path) -> Data:
         rows += table.num_rows
         updates.append(workdir / "updates" / path.name)
         updates[-1].parent.mkdir(parents=True, exist_ok=True)
-        bl.write_table(bl.updated(table), updates[-1], fmt)
+        bl.write_table(bl.updated(table, args.merge_changed), updates[-1], fmt)
         if fmt == "csv":
             copy_files.append(path)
         else:
@@ -588,9 +594,15 @@ def notes(data: Data, args: argparse.Namespace, methods: list[Method]) -> list[s
         "verification: count(*) = N and sum(user_id) = the loaded file's (merge: the update's)",
     ]
     if any(m.mode == "merge" for m in methods):
+        changed = (
+            "every row changed (user_id + 1), so every row is rewritten"
+            if args.merge_changed == 100
+            else f"{args.merge_changed} % of the rows changed (user_id + 1), spread through the "
+            "file: a full snapshot with few changes"
+        )
         found.append(
             "merge rows: a first job/run loads the file (not timed); the timed second one loads "
-            "the same keys with every row changed (user_id + 1), so every row is rewritten"
+            f"the same keys with {changed}; a CHECKPOINT runs between the two"
         )
     if data.fmt != "csv" and "copy" in keys:
         found.append(
@@ -667,6 +679,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--files", type=int, default=1, help="split the rows into K files")
     parser.add_argument("--source", nargs="+", help="load these files (events columns) instead")
     parser.add_argument("--repeat", type=int, default=1, help="measurements per method (median)")
+    parser.add_argument(
+        "--merge-changed",
+        type=int,
+        default=100,
+        metavar="PERCENT",
+        help="share of the rows the timed merge changes (100: all; 1: a daily full snapshot)",
+    )
     parser.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)}")
     parser.add_argument("--dagster", action="store_true", help="add the full Dagster run")
     parser.add_argument(
@@ -682,6 +701,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
     args.server_url = args.server_url or bl.DEFAULT_SERVER_URL
+    if not 0 <= args.merge_changed <= 100:
+        parser.error("--merge-changed must be a percentage from 0 to 100")
     if args.rows < 1 or args.files < 1 or args.repeat < 1:
         parser.error("--rows, --files and --repeat must be >= 1")
     if args.files > args.rows:
@@ -739,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
                 "repeat": args.repeat,
                 "methods": [m.key for m in methods],
                 "pandas_method": args.pandas_method,
+                "merge_changed_percent": args.merge_changed,
                 "keep_db": args.keep_db,
                 "source": [str(p) for p in data.files] if not data.generated else None,
             },
