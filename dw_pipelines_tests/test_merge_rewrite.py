@@ -86,10 +86,21 @@ def by_tenant_and_id(service) -> dict[tuple[str, int], dict]:
     return {(r["_dw_tenant_id"], r["id"]): r for r in storage(service)}
 
 
-def two_merges(url: str, tmp: Path, landing: Path, **env):
+def record_statements(service, statements: list[str]) -> None:
+    """Append every SQL statement the warehouse runs to `statements`."""
+    sa.event.listen(
+        service.warehouse.engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *rest: statements.append(statement),
+    )
+
+
+def two_merges(url: str, tmp: Path, landing: Path, statements: list[str] | None = None, **env):
     """First load ROWS, then SECOND; returns (first job, second job, result, rows by key)."""
     first, second = write(landing, "v1.csv", ROWS), write(landing, "v2.csv", SECOND)
     service = service_for(url, tmp, landing, **env)
+    if statements is not None:
+        record_statements(service, statements)
     try:
         job1, _ = merge(service, first, "run-1")
         job2, result = merge(service, second, "run-2")
@@ -137,6 +148,45 @@ def test_rewrite_gives_the_in_place_content_lineage_and_counts(
     }
 
 
+def test_a_large_in_place_merge_finds_its_changed_keys_first_with_the_same_result(
+    pg_url: str, pg_admin: sa.Engine, landing_dir: Path, tmp_path: Path
+):
+    # From DW_MERGE_REWRITE_MIN_ROWS staged rows, an in-place merge joins the file against the
+    # table once (into dw_changed_keys) instead of once for the delete and once for the insert.
+    name = pg_url.rsplit("/", 1)[1]
+    with pg_admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}_plain" TEMPLATE "{name}"'))
+    try:
+        plain_job1, _, plain, plain_rows, _ = two_merges(
+            f"{pg_url}_plain", tmp_path / "b", landing_dir, **NEVER
+        )
+    finally:
+        with pg_admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}_plain" WITH (FORCE)'))
+
+    statements: list[str] = []
+    job1, job2, keyed, rows, _ = two_merges(
+        pg_url, tmp_path / "a", landing_dir, statements, **NEVER, DW_MERGE_REWRITE_MIN_ROWS="1"
+    )
+    assert any("CREATE TEMPORARY TABLE dw_changed_keys" in s for s in statements)
+    assert (
+        (keyed.strategy, keyed.rows, keyed.deleted, keyed.inserted)
+        == (
+            plain.strategy,
+            plain.rows,
+            plain.deleted,
+            plain.inserted,
+        )
+        == ("in-place", 6, 4, 5)
+    )
+    assert [normalized(r) for r in rows.values()] == [normalized(plain_rows[k]) for k in rows]
+    lineage = {k: r["_dw_job_id"] for (_, k), r in rows.items()}
+    assert lineage[1] == job1.job_id and lineage[6] == job1.job_id  # unchanged / not in file
+    assert {lineage[k] for k in (2, 3, 4, 5, 7)} == {job2.job_id}
+    plain_lineage = {k: r["_dw_job_id"] == plain_job1.job_id for (_, k), r in plain_rows.items()}
+    assert plain_lineage == {k: v == job1.job_id for k, v in lineage.items()}
+
+
 def test_a_small_share_of_changes_merges_in_place_and_a_large_one_rewrites(
     pg_url: str, landing_dir: Path, tmp_path: Path
 ):
@@ -171,11 +221,7 @@ def test_a_snapshot_with_few_changes_skips_the_rewrite_attempt(
     monkeypatch.setattr(warehouse_module, "MERGE_SAMPLE_ROWS", 400)  # a part of 3,000 rows
     service = service_for(pg_url, tmp_path, landing_dir, DW_MERGE_REWRITE_MIN_ROWS="1")
     statements: list[str] = []
-    sa.event.listen(
-        service.warehouse.engine,
-        "before_cursor_execute",
-        lambda conn, cursor, statement, *args: statements.append(statement),
-    )
+    record_statements(service, statements)
     try:
         job1, first = merge(service, snapshot(landing_dir, "day1.csv", 3000, set()), "run-1")
         assert first.strategy == "rewrite"  # an empty table
@@ -187,6 +233,7 @@ def test_a_snapshot_with_few_changes_skips_the_rewrite_attempt(
         assert (second.strategy, second.deleted, second.inserted) == ("in-place", 60, 60)
         assert any("TABLESAMPLE system" in s for s in statements)  # the look it took instead
         assert not any("dw_kept_rows" in s for s in statements)
+        assert any("dw_changed_keys" in s for s in statements)  # one join of file and table
         rows = by_tenant_and_id(service)
         assert len(rows) == 3000
         assert rows[("default", 7)]["s"] == "new7"

@@ -63,7 +63,8 @@ ANALYZE_TARGET = 10
 # inlining and optimization: ~1 s of compile time measured), or as a parallel merge join that
 # sorts the staged rows in every worker. Told that workers cost nothing to start, without merge
 # joins and without JIT, it runs a parallel hash anti-join: 0.69 s instead of 1.25 s for 1M rows
-# against 1M. Set for that statement only.
+# against 1M. Set for that statement only, and for the same kind of join that finds a large
+# in-place merge's changed keys (`Warehouse._merge_by_changed_keys`: 0.44 s instead of 0.85 s).
 BULK_ANTI_JOIN_SETTINGS = {
     "parallel_setup_cost": "0",
     "parallel_tuple_cost": "0",
@@ -553,22 +554,24 @@ class Warehouse:
                     delete = storage.delete().where(
                         sa.exists(sa.select(sa.literal(1)).where(of_job, key_match, changed))
                     )
+                new_and_changed = storage.insert().from_select(
+                    target_columns,
+                    source.where(~sa.exists(sa.select(sa.literal(1)).where(key_match))),
+                )
                 rewritten = self._rewrite_for_merge(
                     conn, storage, staged, of_job, contract, tenant_id, rows
                 )
-                if rewritten is None:
-                    deleted = conn.execute(delete).rowcount
-                else:
-                    strategy, deleted = "rewrite", rewritten.removed
-                inserted = conn.execute(
-                    storage.insert().from_select(
-                        target_columns,
-                        source.where(~sa.exists(sa.select(sa.literal(1)).where(key_match))),
-                    ),
-                    execution_options={"preserve_rowcount": True},
-                ).rowcount
                 if rewritten is not None:
+                    strategy, deleted = "rewrite", rewritten.removed
+                    inserted = _rowcount(conn, new_and_changed)
                     conn.execute(sa.text(rewritten.restore_key))
+                elif self._large_in_place(conn, rows):
+                    deleted, inserted = self._merge_by_changed_keys(
+                        conn, storage, staged, source, target_columns, contract, tenant_id
+                    )
+                else:
+                    deleted = conn.execute(delete).rowcount
+                    inserted = _rowcount(conn, new_and_changed)
             self._record_load(conn, contract.name, job_id, tenant_id, loaded_at, rows)
             self.faults.hit("promote.before_commit", conn)
         if self._postgres and contract.write_mode == "merge" and inserted + deleted:
@@ -598,6 +601,68 @@ class Warehouse:
             schema=STAGING_SCHEMA,
         ).alias("staged")
         return partition, sa.true()
+
+    def _large_in_place(self, conn: Connection, rows: int) -> bool:
+        """Whether an in-place merge is large enough to find its changed keys first (Postgres,
+        from `merge_rewrite_min_rows` staged rows, where the role may create temporary tables)."""
+        if not self._postgres or rows < max(self.merge_rewrite_min_rows, 1):
+            return False
+        return conn.execute(
+            sa.text("SELECT has_database_privilege(current_database(), 'TEMPORARY')")
+        ).scalar_one()
+
+    def _merge_by_changed_keys(
+        self,
+        conn: Connection,
+        storage: sa.Table,
+        staged: sa.FromClause,
+        source: sa.Select,
+        target_columns: list[str],
+        contract: DatasetContract,
+        tenant_id: str,
+    ) -> tuple[int, int]:
+        """Merge a large job in place with one join of the file against the table.
+
+        The plain in-place statements each join every staged row against the table: the delete
+        of changed rows and the insert of new and changed ones (0.8-0.9 s and 0.7 s for a 1M-row
+        daily snapshot with 1 % changed). Here one join writes the keys of the new and changed
+        rows to a temporary table, which is small when few rows change, and the delete and the
+        insert then only join those keys (for that snapshot: 0.44 s for the join, 0.1 s for the
+        rest). Returns (deleted, inserted), the same as the plain statements give.
+        """
+        keys = contract.primary_key
+        key_match, changed = _merge_predicates(storage, staged, contract, tenant_id)
+        stored_key = storage.c[keys[0]]  # NOT NULL in storage: NULL only where no row matched
+        changed_keys = (
+            sa.select(*[staged.c[k] for k in keys], stored_key.is_not(None).label("_dw_replaces"))
+            .select_from(staged.outerjoin(storage, key_match))
+            .where(sa.or_(stored_key.is_(None), changed))
+        )
+        compiled = changed_keys.compile(conn)
+        with _planner_settings(conn, BULK_ANTI_JOIN_SETTINGS):  # the same kind of join
+            conn.exec_driver_sql(
+                f"CREATE TEMPORARY TABLE dw_changed_keys ON COMMIT DROP AS {compiled}",
+                compiled.params,
+            )
+        conn.execute(sa.text("ANALYZE dw_changed_keys"))  # a few rows or many: plan the joins
+        found = sa.table(
+            "dw_changed_keys", *[sa.column(k) for k in keys], sa.column("_dw_replaces", sa.Boolean)
+        )
+        deleted = conn.execute(
+            storage.delete().where(
+                storage.c[TENANT_COLUMN] == tenant_id,
+                *[storage.c[k] == found.c[k] for k in keys],
+                found.c["_dw_replaces"],
+            )
+        ).rowcount
+        is_found = sa.exists(
+            sa.select(sa.literal(1)).where(*[found.c[k] == staged.c[k] for k in keys])
+        )
+        inserted = _rowcount(
+            conn, storage.insert().from_select(target_columns, source.where(is_found))
+        )
+        conn.execute(sa.text("DROP TABLE dw_changed_keys"))
+        return deleted, inserted
 
     def _changes_few_rows(
         self,
@@ -835,6 +900,10 @@ class Warehouse:
             query = query.where(storage.c[JOB_ID_COLUMN] == job_id)
         with self.engine.connect() as conn:
             return conn.execute(query).scalar_one()
+
+
+def _rowcount(conn: Connection, statement: sa.Executable) -> int:
+    return conn.execute(statement, execution_options={"preserve_rowcount": True}).rowcount
 
 
 def _merge_predicates(
