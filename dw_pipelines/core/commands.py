@@ -16,13 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dw_pipelines.core.errors import CommandError
 
-FORMATS = ("csv", "parquet", "jsonl")
+# `json`: one array of objects (or JSON Lines, when the file starts with an object).
+FORMATS = ("csv", "parquet", "jsonl", "json")
 _EXTENSION_FORMATS = {
     ".csv": "csv",
     ".parquet": "parquet",
     ".pq": "parquet",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
+    ".json": "json",
 }
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4")
 # job ids travel as Dagster run keys and run tags: keep them short and tag-safe.
@@ -57,7 +59,7 @@ class DwIngestionCommand(BaseModel):
     tenant_id: str = Field(default=DEFAULT_TENANT, pattern=TENANT_PATTERN)
     dataset: str = Field(min_length=1, max_length=63)
     source_uri: str = Field(min_length=1, max_length=2048)
-    format: Literal["csv", "parquet", "jsonl"] | None = None
+    format: Literal["csv", "parquet", "jsonl", "json"] | None = None
     business_date: date | None = None
     requested_by: str | None = Field(default=None, max_length=255)
     requested_at: datetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -33,7 +33,8 @@ class ContractViolation(DwError):
     """The source file does not satisfy its dataset contract.
 
     Attributes locate the problem: `source` (file name), `row` (1-based data row), `line` (1-based
-    line in the file, when the format has lines) and `column`.
+    line in the file, when the format has lines), `column` (as the file names it) and
+    `warehouse_column` (the column that stores it, shown when it differs from the file's name).
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class ContractViolation(DwError):
         row: int | None = None,
         line: int | None = None,
         column: str | None = None,
+        warehouse_column: str | None = None,
     ):
         where = [source]
         if line is not None:
@@ -52,11 +54,14 @@ class ContractViolation(DwError):
             where.append(f"row {row}")
         if column is not None:
             where.append(f"column '{column}'")
+            if warehouse_column is not None and warehouse_column != column:
+                where[-1] += f" (warehouse column {warehouse_column})"
         super().__init__(f"{', '.join(where)}: {message}")
         self.source = source
         self.row = row
         self.line = line
         self.column = column
+        self.warehouse_column = warehouse_column
 
 
 class JobNotFound(DwError):

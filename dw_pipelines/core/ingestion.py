@@ -120,7 +120,7 @@ def _raise_if_duplicate(keys: KeyTracker, contract: DatasetContract, source: Sou
     if duplicate is None:
         return
     key_values, rows, occurrences = duplicate
-    key = ", ".join(f"{k}={v!r}" for k, v in key_values.items())
+    key = ", ".join(f"{contract.column(k).source}={v!r}" for k, v in key_values.items())
     lines = [source.line_of_row(r) for r in rows]
     where = f"rows {' and '.join(str(r) for r in rows)}"
     if all(line is not None for line in lines):
@@ -130,7 +130,8 @@ def _raise_if_duplicate(keys: KeyTracker, contract: DatasetContract, source: Sou
         source=source.name,
         row=rows[0],
         line=lines[0],
-        column=",".join(contract.primary_key),
+        column=",".join(contract.column(k).source for k in contract.primary_key),
+        warehouse_column=",".join(contract.primary_key),
     )
 
 
@@ -192,7 +193,8 @@ class IngestionService:
                 yield batch
             if first_row == 1:
                 raise ContractViolation(
-                    "the file has a header but no data rows", source=source.name
+                    "the file has no data rows (a header, an empty JSON array or blank lines only)",
+                    source=source.name,
                 )
             # Raised inside the stream, so the staging load is rolled back with it.
             _raise_if_duplicate(keys, contract, source)

@@ -1,11 +1,16 @@
 """Streaming readers: a source file as a sequence of Arrow record batches, never all at once.
 
 Readers only read; they do not enforce types. CSV columns come out as strings (so a bad value
-can be reported with its row and column), JSONL columns with JSON-natural types, Parquet columns
+can be reported with its row and column), JSON columns with JSON-natural types, Parquet columns
 as stored. `validation.conform_batch` then casts each batch to the contract's schema.
 
-Each reader checks the header (column names) against the contract before the first batch, and
-turns parser errors into `ContractViolation`/`SourceError` that name the file and the line.
+Each reader matches the file's column names (header, keys, Parquet fields) to the contract's
+source names before the first batch (`match_header`), and yields the contract's columns in
+contract order under their warehouse names: from here on only warehouse names are used. Parser
+errors become `ContractViolation`/`SourceError` that name the file and the line.
+
+JSON comes as JSON Lines (`jsonl`) or as `json`: one array of objects, read streaming through
+`core.jsonarray` (or JSON Lines, when the file starts with an object).
 
 A source is a local file or an object in S3-compatible storage (`core.objectstore`). Both are
 read through pyarrow streams, so the same parsers, contracts and messages apply; an object is
@@ -15,24 +20,33 @@ timeouts stay transient (`SourceUnavailable`), a denied or missing object is per
 """
 
 import codecs
+import contextlib
 import csv
 import decimal
 import io
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
-from dw_pipelines.core.contracts import ColumnType, CsvOptions, DatasetContract
+from dw_pipelines.core.contracts import (
+    ColumnSpec,
+    ColumnType,
+    CsvOptions,
+    DatasetContract,
+    column_label,
+)
 from dw_pipelines.core.errors import ContractViolation, DwError, SourceError
+from dw_pipelines.core.jsonarray import JsonArrayError, JsonArrayLines, sniff_json_layout
 from dw_pipelines.core.objectstore import ObjectSource, classify_aws_error
 
 # The error-path scanners read text line by line; over object storage each refill of this buffer
@@ -90,10 +104,10 @@ class SourceFile:
         if self.format == "parquet":
             return None
         try:
-            if self.format == "jsonl":
-                return _jsonl_line_of_row(self, row)
+            if self.format in ("jsonl", "json"):
+                return _json_line_of_row(self, row)
             return _csv_line_of_row(self, row, self.csv)
-        except (OSError, UnicodeDecodeError, csv.Error):
+        except (OSError, UnicodeDecodeError, csv.Error, JsonArrayError):
             return None
 
 
@@ -125,12 +139,19 @@ def _csv_records(
     """The file's data records with their row and starting line, as pyarrow counts rows:
     blank lines are skipped, a quoted value may span lines. For error reports only (slow)."""
     lines = _text_lines(source, options.encoding, errors)
-    reader = csv.reader(lines, delimiter=options.delimiter)
+    if options.quote_char is None:
+        reader = csv.reader(lines, delimiter=options.delimiter, quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(lines, delimiter=options.delimiter, quotechar=options.quote_char)
     header: list[str] | None = None
     data_row = 0
     next_line = 1
+    skipped = 0
     for values in reader:
         line, next_line = next_line, reader.line_num + 1
+        if skipped < options.skip_rows:  # Arrow's skip_rows: lines before the header
+            skipped += 1
+            continue
         if not values:
             continue
         if header is None:
@@ -185,13 +206,10 @@ def _first_ragged_record(source: SourceFile, options: CsvOptions) -> tuple[int |
     return None, None
 
 
-def _jsonl_line_of_row(source: SourceFile, row: int) -> int | None:
-    data_row = 0
-    for number, line in enumerate(_text_lines(source, "utf-8"), start=1):
-        if line.strip():
-            data_row += 1
-            if data_row == row:
-                return number
+def _json_line_of_row(source: SourceFile, row: int) -> int | None:
+    for record in _json_records(source):
+        if record.row == row:
+            return record.line(source)
     return None
 
 
@@ -239,7 +257,7 @@ def open_source(
         }
     if size == 0:
         raise SourceError(f"{shown}: the file is empty (0 bytes)")
-    if fmt in ("csv", "jsonl"):
+    if fmt in ("csv", "jsonl", "json"):
         for magic, suffix in _MAGIC.items():
             if head.startswith(magic) and not name.lower().endswith(suffix):
                 raise SourceError(
@@ -341,7 +359,7 @@ def read_batches(
         yield from _read_csv(source, contract, batch_rows, block_bytes)
     elif source.format == "parquet":
         yield from _read_parquet(source, contract, batch_rows)
-    elif source.format == "jsonl":
+    elif source.format in ("jsonl", "json"):
         yield from _read_jsonl(source, contract, batch_rows, block_bytes)
     else:  # guarded by command validation; kept for callers that skip it
         raise SourceError(f"{source.name}: unsupported format '{source.format}'")
@@ -350,38 +368,145 @@ def read_batches(
         source.obj.check_unchanged()
 
 
-def check_columns(source: SourceFile, found: list[str], contract: DatasetContract) -> None:
-    expected = contract.column_names
-    missing = [c for c in expected if c not in found]
+@dataclass(frozen=True)
+class HeaderMatch:
+    """Where a file holds the contract's columns.
+
+    Attributes:
+        names: the file's own spelling of each contract column, in contract order.
+        positions: each contract column's index among the file's columns.
+        unnamed_trailing: indexes of trailing columns without a header (a delimiter at the end
+            of every line, as spreadsheet exports write): read, and required to be empty.
+    """
+
+    names: list[str]
+    positions: list[int]
+    unnamed_trailing: list[int]
+
+
+def _quoted(names: Iterable[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names) or "none"
+
+
+def match_header(
+    source: SourceFile,
+    found: list[str],
+    contract: DatasetContract,
+    allow_unnamed_trailing: bool = False,
+) -> HeaderMatch:
+    """Match the file's column names (header, keys, Parquet fields) to the contract's columns.
+
+    Names are compared without surrounding whitespace (`" Name "` is `Name`) and, under
+    `match: case_insensitive`, ignoring case. Missing, unexpected and repeated columns are
+    refused with the file's and the contract's names.
+    """
+    fold = str.casefold if contract.match == "case_insensitive" else str
+
+    def key(name: str) -> str:
+        return fold(name.strip())
+
+    line = 1 + contract.csv.skip_rows if source.format == "csv" else None
+    unnamed_trailing: list[int] = []
+    if allow_unnamed_trailing:
+        end = len(found)
+        while end > 0 and not found[end - 1].strip():
+            end -= 1
+        unnamed_trailing = list(range(end, len(found)))
+        declares_unnamed = "" in {key(c) for c in contract.source_names}
+        if declares_unnamed and not any(not found[i].strip() for i in range(end)):
+            unnamed_trailing = unnamed_trailing[1:]  # the first one is the declared column
+    considered = [i for i in range(len(found)) if i not in unnamed_trailing]
+    positions_by_key: dict[str, list[int]] = {}
+    for index in considered:
+        positions_by_key.setdefault(key(found[index]), []).append(index)
+    repeated = [found[p[0]] for p in positions_by_key.values() if len(p) > 1]
+    if repeated:
+        raise ContractViolation(
+            f"column(s) {_quoted(repeated)} appear more than once in the file",
+            source=source.name,
+            line=line,
+        )
+    wanted = {key(c.source): c for c in contract.columns}
+    missing = [c for c in contract.columns if key(c.source) not in positions_by_key]
     if missing:
         raise ContractViolation(
-            f"missing column(s) {', '.join(missing)}; the file has {', '.join(found) or 'none'}",
+            f"missing column(s) {_labels(missing)}; the file has "
+            f"{_quoted(found[i] for i in considered)}",
             source=source.name,
-            line=1 if source.format == "csv" else None,
+            line=line,
         )
-    unexpected = [c for c in found if c not in expected]
+    unexpected = [found[i] for i in considered if key(found[i]) not in wanted]
     if unexpected:
         raise ContractViolation(
-            f"unexpected column(s) {', '.join(unexpected)}; dataset '{contract.name}' "
-            f"declares {', '.join(expected)}",
+            f"unexpected column(s) {_quoted(unexpected)}; dataset '{contract.name}' "
+            f"declares {_quoted(contract.source_names)}",
             source=source.name,
-            line=1 if source.format == "csv" else None,
+            line=line,
         )
-    duplicated = sorted({c for c in found if found.count(c) > 1})
-    if duplicated:
-        raise ContractViolation(
-            f"column(s) {', '.join(duplicated)} appear more than once",
-            source=source.name,
-            line=1 if source.format == "csv" else None,
-        )
+    positions = [positions_by_key[key(c.source)][0] for c in contract.columns]
+    return HeaderMatch([found[i] for i in positions], positions, unnamed_trailing)
+
+
+def _labels(columns: Iterable[ColumnSpec]) -> str:
+    return ", ".join(column_label(c) for c in columns)
+
+
+def _as_contract_batch(
+    batch: pa.RecordBatch, header: HeaderMatch, contract: DatasetContract
+) -> pa.RecordBatch:
+    """The contract's columns of a raw batch, in contract order, named as the warehouse names
+    them (no data is copied)."""
+    return pa.RecordBatch.from_arrays(
+        [batch.column(i) for i in header.positions], names=contract.column_names
+    )
 
 
 def _read_csv(
     source: SourceFile, contract: DatasetContract, batch_rows: int, block_bytes: int
 ) -> Iterator[pa.RecordBatch]:
+    """CSV batches, every value as text (so a bad value is reported with its row and column).
+
+    The file's header decides which text column is which contract column. Arrow needs each
+    column's type when it opens the file, keyed by the name the file gives it; the contract's
+    spelling is right for nearly every file, so the file is opened once with it and only opened
+    again, with the file's own spelling, when the header differs in case or surrounding blanks.
+    """
     options = contract.csv
-    # ~1 KiB per row is generous for warehouse rows; pyarrow's block size bounds memory per batch.
-    block_size = block_bytes
+    text_columns = [*contract.source_names, ""]  # "": unnamed trailing columns (must be empty)
+    reader, stream, bad_rows = _open_csv(source, options, text_columns, block_bytes)
+    try:
+        header = match_header(source, reader.schema.names, contract, allow_unnamed_trailing=True)
+    except BaseException:
+        _close_csv(reader, stream)
+        raise
+    if any(name not in text_columns for name in header.names):
+        _close_csv(reader, stream)
+        reader, stream, bad_rows = _open_csv(source, options, [*header.names, ""], block_bytes)
+    with reader:
+        try:
+            first_row = 1
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    return
+                except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+                    raise _csv_error(source, options, exc, bad_rows, block_bytes) from None
+                except OSError as exc:
+                    raise source.io_error(exc) from None
+                stream.taken()
+                _check_unnamed_empty(source, batch, header, first_row)
+                first_row += batch.num_rows
+                yield from _rechunk(_as_contract_batch(batch, header, contract), batch_rows)
+        finally:
+            # Before the reader closes: its background reads must not wait for a consumer that
+            # has stopped (an error, or a caller that abandons the batches).
+            stream.release()
+
+
+def _open_csv(
+    source: SourceFile, options: CsvOptions, text_columns: list[str], block_bytes: int
+) -> "tuple[pacsv.CSVStreamingReader, _PacedStream, list[pacsv.InvalidRow]]":
     bad_rows: list[pacsv.InvalidRow] = []
 
     def on_invalid_row(row: pacsv.InvalidRow) -> str:
@@ -395,15 +520,18 @@ def _read_csv(
         stream = _PacedStream(source.open_stream(), READ_AHEAD_BLOCKS if utf8 else None)
         reader = pacsv.open_csv(
             stream,
-            read_options=pacsv.ReadOptions(block_size=block_size, encoding=options.encoding),
+            read_options=pacsv.ReadOptions(
+                block_size=block_bytes, encoding=options.encoding, skip_rows=options.skip_rows
+            ),
             parse_options=pacsv.ParseOptions(
                 delimiter=options.delimiter,
+                quote_char=options.quote_char or False,
                 # Quoted values may hold line breaks (addresses, notes): valid CSV.
-                newlines_in_values=True,
+                newlines_in_values=options.quote_char is not None,
                 invalid_row_handler=on_invalid_row,
             ),
             convert_options=pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in contract.column_names},
+                column_types={name: pa.string() for name in text_columns},
                 null_values=list(options.null_values),
                 strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
@@ -415,24 +543,33 @@ def _read_csv(
     except OSError as exc:
         _release(stream)
         raise source.io_error(exc) from None
-    with reader:
-        try:
-            check_columns(source, reader.schema.names, contract)
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    return
-                except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-                    raise _csv_error(source, options, exc, bad_rows, block_bytes) from None
-                except OSError as exc:
-                    raise source.io_error(exc) from None
-                stream.taken()
-                yield from _rechunk(batch.select(contract.column_names), batch_rows)
-        finally:
-            # Before the reader closes: its background reads must not wait for a consumer that
-            # has stopped (an error, or a caller that abandons the batches).
-            stream.release()
+    return reader, stream, bad_rows
+
+
+def _close_csv(reader: "pacsv.CSVStreamingReader", stream: "_PacedStream") -> None:
+    stream.release()
+    reader.close()
+
+
+def _check_unnamed_empty(
+    source: SourceFile, batch: pa.RecordBatch, header: HeaderMatch, first_row: int
+) -> None:
+    """Refuse a value under a trailing column without a header (its data would be lost)."""
+    for index in header.unnamed_trailing:
+        values = batch.column(index)
+        if not pa.types.is_string(values.type):  # no column type: Arrow inferred it
+            values = values.cast(pa.string())
+        filled = pc.fill_null(pc.not_equal(values, ""), False)
+        if pc.any(filled).as_py():
+            at = pc.index(filled, True).as_py()
+            raise ContractViolation(
+                f"value '{str(values[at].as_py())[:100]}' in a column without a header; "
+                "name the column in the file and the contract, or leave it empty",
+                source=source.name,
+                row=first_row + at,
+                line=source.line_of_row(first_row + at),
+                column=f"#{index + 1}",
+            )
 
 
 def _release(stream: "_PacedStream | None") -> None:
@@ -499,12 +636,11 @@ def _read_parquet(
         _close(handle)
         raise source.io_error(exc, "not a readable Parquet file") from None
     try:
-        check_columns(source, parquet.schema_arrow.names, contract)
+        header = match_header(source, parquet.schema_arrow.names, contract)
         with parquet:
             try:
-                yield from parquet.iter_batches(
-                    batch_size=batch_rows, columns=contract.column_names
-                )
+                for batch in parquet.iter_batches(batch_size=batch_rows, columns=header.names):
+                    yield pa.RecordBatch.from_arrays(batch.columns, names=contract.column_names)
             except pa.ArrowInvalid as exc:
                 raise SourceError(f"{source.name}: corrupt Parquet data: {exc}") from None
             except OSError as exc:
@@ -525,23 +661,118 @@ def _jsonl_read_type(arrow_type: pa.DataType) -> pa.DataType:
     return arrow_type
 
 
+# How much of a `json` file is looked at to tell an array from JSON Lines: the first byte that
+# is not whitespace decides.
+_JSON_SNIFF_BYTES = 64 << 10
+
+
+class _Prefixed:
+    """A stream that gives `head` (bytes already read) and then the rest of `stream`."""
+
+    def __init__(self, head: bytes, stream: pa.NativeFile):
+        self._head = head
+        self._stream = stream
+        self.closed = False
+
+    def read(self, nbytes: int | None = None) -> bytes:
+        if self._head:
+            if nbytes is None or nbytes < 0:
+                data, self._head = self._head + self._stream.read(), b""
+                return data
+            data, self._head = self._head[:nbytes], self._head[nbytes:]
+            return data
+        return self._stream.read(nbytes)
+
+    def read_buffer(self, nbytes: int) -> pa.Buffer:
+        return pa.py_buffer(self.read(nbytes))
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+        self._stream.close()
+
+
+def _json_lines(source: SourceFile) -> "tuple[Any, str]":
+    """The source as JSON Lines bytes, and its layout ("lines" or "array").
+
+    A `jsonl` file is JSON Lines. A `json` file is one array of objects (turned into JSON Lines
+    on the fly by `JsonArrayLines`, byte for byte, so offsets stay true) or, when its first
+    character is `{`, JSON Lines too: many exports write one object per line into `.json`.
+    """
+    raw = source.open_stream()
+    if source.format != "json":
+        return raw, "lines"
+    head = b""
+    try:
+        while len(head) < _JSON_SNIFF_BYTES:
+            chunk = raw.read(_JSON_SNIFF_BYTES - len(head))
+            if not chunk:
+                break
+            head += chunk
+            if head.lstrip(b"\xef\xbb\xbf \t\r\n"):
+                break
+    except BaseException:
+        raw.close()
+        raise
+    layout = sniff_json_layout(head)
+    stream = _Prefixed(head, raw)
+    if layout == "array":
+        return JsonArrayLines(stream), "array"
+    if layout in ("lines", "empty"):
+        return stream, "lines"
+    stream.close()
+    found = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:20].decode("utf-8", "replace")
+    raise ContractViolation(
+        f"expected a JSON array of objects, or one JSON object per line; the file starts "
+        f"with {found!r}",
+        source=source.name,
+        line=1,
+    )
+
+
 def _read_jsonl(
     source: SourceFile, contract: DatasetContract, batch_rows: int, block_bytes: int
 ) -> Iterator[pa.RecordBatch]:
-    schema = pa.schema([pa.field(f.name, _jsonl_read_type(f.type)) for f in contract.arrow_schema])
+    """JSON Lines and JSON array batches. Keys are matched to the columns' source names; under
+    `match: case_insensitive` the first object's spelling of a key is the file's spelling."""
     stream = None
     try:
-        stream = _PacedStream(source.open_stream(), READ_AHEAD_BLOCKS)
-        reader = pajson.open_json(
-            stream,
-            read_options=pajson.ReadOptions(block_size=block_bytes),
-            parse_options=pajson.ParseOptions(
-                explicit_schema=schema, unexpected_field_behavior="error"
-            ),
+        names = contract.source_names
+        if contract.match == "case_insensitive":
+            names = _json_key_spelling(source, contract)
+        schema = pa.schema(
+            [
+                pa.field(name, _jsonl_read_type(spec.type.arrow_type))
+                for name, spec in zip(names, contract.columns, strict=True)
+            ]
         )
+        lines, _ = _json_lines(source)
+        stream = _PacedStream(lines, READ_AHEAD_BLOCKS)
+        try:
+            reader = pajson.open_json(
+                stream,
+                read_options=pajson.ReadOptions(block_size=block_bytes),
+                parse_options=pajson.ParseOptions(
+                    explicit_schema=schema, unexpected_field_behavior="error"
+                ),
+            )
+        except pa.ArrowInvalid as exc:
+            if "Empty JSON stream" in str(exc):
+                return  # no records (`[]`, blank lines): the caller reports "no data rows"
+            raise
         for batch in reader:
             stream.taken()
-            yield from _rechunk(batch.select(contract.column_names), batch_rows)
+            renamed = pa.RecordBatch.from_arrays(
+                [batch.column(name) for name in names], names=contract.column_names
+            )
+            yield from _rechunk(renamed, batch_rows)
+    except JsonArrayError as exc:
+        raise ContractViolation(exc.message, source=source.name, line=exc.line) from None
     except pa.ArrowInvalid as exc:
         raise _locate_jsonl_error(source, contract, exc) from None
     except OSError as exc:
@@ -550,50 +781,135 @@ def _read_jsonl(
         _release(stream)
 
 
-def _locate_jsonl_error(source: SourceFile, contract: DatasetContract, exc: Exception) -> Exception:
-    """Slow path, on failure only: find the first bad line with the standard json module."""
-    expected = set(contract.column_names)
+def _json_key_spelling(source: SourceFile, contract: DatasetContract) -> list[str]:
+    """Under `match: case_insensitive`: how the first object spells each contract column (the
+    contract's spelling for keys it does not have)."""
     try:
-        return _first_bad_jsonl_line(source, contract, expected, exc)
+        first = next(_json_records(source), None)
+    except (JsonArrayError, UnicodeDecodeError):
+        first = None  # the reader reports it, with its place
+    value = first.value if first is not None else None
+    keys = list(value) if isinstance(value, dict) else []
+    by_key = {key.strip().casefold(): key for key in keys}
+    return [by_key.get(c.source.strip().casefold(), c.source) for c in contract.columns]
+
+
+@dataclass(frozen=True)
+class _JsonRecord:
+    row: int  # 1-based data row
+    number: int  # 1-based line of the JSON Lines form (= the file's line for JSON Lines)
+    offset: int  # byte offset where the record starts
+    layout: str
+    value: object  # the parsed value, or the json.JSONDecodeError of a line that is not JSON
+
+    def line(self, source: SourceFile) -> int | None:
+        """The record's line in the file. An array element's line is counted in the original
+        bytes (its JSON Lines form keeps every byte's offset): one more pass, on error only."""
+        if self.layout == "lines":
+            return self.number
+        try:
+            return _line_at_offset(source, self.offset)
+        except OSError:
+            return None
+
+
+def _byte_lines(stream: Any) -> Iterator[bytes]:
+    pending = b""
+    while True:
+        chunk = stream.read(_SCAN_BUFFER_BYTES)
+        if not chunk:
+            break
+        *complete, pending = (pending + chunk).split(b"\n")
+        for line in complete:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
+def _line_at_offset(source: SourceFile, offset: int) -> int:
+    newlines = 0
+    with source.open_stream(buffer_size=_SCAN_BUFFER_BYTES) as stream:
+        remaining = offset
+        while remaining > 0:
+            chunk = stream.read(min(remaining, _SCAN_BUFFER_BYTES))
+            if not chunk:
+                break
+            newlines += chunk.count(b"\n")
+            remaining -= len(chunk)
+    return newlines + 1
+
+
+def _json_records(source: SourceFile) -> Iterator[_JsonRecord]:
+    """The records of a JSON Lines or JSON array file, in order, parsed one line of the JSON
+    Lines form at a time with the standard json module: for error reports (slow) and the first
+    object's keys. Raises `UnicodeDecodeError` and `JsonArrayError` as met."""
+    lines, layout = _json_lines(source)
+    with contextlib.closing(lines):
+        row = 0
+        offset = 0
+        for number, raw in enumerate(_byte_lines(lines), start=1):
+            start = offset
+            offset += len(raw)
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            text = raw.decode("utf-8")
+            if not text.strip():
+                continue
+            row += 1
+            start += len(raw) - len(raw.lstrip())
+            try:
+                value: object = json.loads(text)
+            except json.JSONDecodeError as decode_error:
+                value = decode_error
+            yield _JsonRecord(row, number, start, layout, value)
+
+
+def _locate_jsonl_error(source: SourceFile, contract: DatasetContract, exc: Exception) -> Exception:
+    """Slow path, on failure only: find the first bad record with the standard json module."""
+    try:
+        return _first_bad_json_record(source, contract, exc)
     except UnicodeDecodeError as decode_error:
         return SourceError(f"{source.name}: not valid UTF-8: {decode_error}")
+    except JsonArrayError as array_error:
+        return ContractViolation(array_error.message, source=source.name, line=array_error.line)
     except OSError as io_error:
         return source.io_error(io_error)
 
 
-def _first_bad_jsonl_line(
-    source: SourceFile, contract: DatasetContract, expected: set[str], exc: Exception
+def _first_bad_json_record(
+    source: SourceFile, contract: DatasetContract, exc: Exception
 ) -> Exception:
-    # Streamed line by line: a bad line far into a large object is found without holding it.
-    for number, text in enumerate(_text_lines(source, "utf-8"), start=1):
-        if not text.strip():
-            continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as decode_error:
+    fold = str.casefold if contract.match == "case_insensitive" else str
+    columns = {fold(c.source): c for c in contract.columns}
+    # Streamed a record at a time: a bad record far into a large file is found without
+    # holding the file.
+    for record in _json_records(source):
+        value = record.value
+        problem: tuple[str, ColumnSpec | None, str | None] | None = None
+        if isinstance(value, json.JSONDecodeError):
+            problem = (f"invalid JSON: {value.msg}", None, None)
+        elif not isinstance(value, dict):
+            problem = ("expected a JSON object", None, None)
+        elif unexpected := [key for key in value if fold(key) not in columns]:
+            problem = (f"unexpected field(s) {_quoted(unexpected)}", None, unexpected[0])
+        else:
+            for key, item in value.items():
+                column = columns[fold(key)]
+                bad = _json_type_mismatch(item, column.type)
+                if bad:
+                    problem = (bad, column, None)
+                    break
+        if problem is not None:
+            message, column, key = problem
             return ContractViolation(
-                f"invalid JSON: {decode_error.msg}", source=source.name, line=number, row=number
-            )
-        if not isinstance(value, dict):
-            return ContractViolation(
-                "expected a JSON object", source=source.name, line=number, row=number
-            )
-        unexpected = sorted(set(value) - expected)
-        if unexpected:
-            return ContractViolation(
-                f"unexpected field(s) {', '.join(unexpected)}",
+                message,
                 source=source.name,
-                line=number,
-                row=number,
-                column=unexpected[0],
+                line=record.line(source),
+                row=record.row,
+                column=column.source if column is not None else key,
+                warehouse_column=column.name if column is not None else None,
             )
-        for column in contract.columns:
-            bad = _json_type_mismatch(value.get(column.name), column.type)
-            if bad:
-                return ContractViolation(
-                    bad, source=source.name, line=number, row=number, column=column.name
-                )
-    return ContractViolation(f"unreadable JSONL: {str(exc).splitlines()[0]}", source=source.name)
+    return ContractViolation(f"unreadable JSON: {str(exc).splitlines()[0]}", source=source.name)
 
 
 def _json_type_mismatch(value: object, column_type: ColumnType) -> str | None:

@@ -5,7 +5,9 @@ do we look for the first offending value, by bisecting the column (a logarithmic
 so the error can name the row, line, column and value.
 """
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -33,9 +35,11 @@ def conform_batch(
     """Return `batch` cast to `contract.arrow_schema`.
 
     Args:
-        batch: raw batch from a reader, columns named and ordered as the contract's.
+        batch: raw batch from a reader, columns named and ordered as the contract's (warehouse
+            names).
         contract: the dataset contract.
-        source: the file, for error messages.
+        source: the file, for error messages (and its format: date and timestamp formats of
+            the contract's `csv:` apply to CSV files).
         first_row: 1-based data row number of the batch's first row.
         max_value_bytes: the largest text value accepted (a runaway value is almost always a
             broken file, e.g. an unbalanced quote, and would bloat every query).
@@ -43,9 +47,10 @@ def conform_batch(
     Raises:
         ContractViolation: a value does not fit its column type, or a non-nullable column is null.
     """
+    formats = text_formats(contract, source.format)
     arrays = []
     for spec, array in zip(contract.columns, batch.columns, strict=True):
-        converted = _convert_column(array, spec, source, first_row)
+        converted = _convert_column(array, spec, source, first_row, formats)
         if not spec.nullable and converted.null_count:
             index = pc.index(pc.is_null(converted), True).as_py()
             raise _violation(
@@ -72,54 +77,120 @@ def conform_batch(
     return pa.RecordBatch.from_arrays(arrays, schema=contract.arrow_schema)
 
 
-def _convert_column(
-    array: pa.Array, spec: ColumnSpec, source: SourceFile, first_row: int
-) -> pa.Array:
+@dataclass(frozen=True)
+class TextFormats:
+    """strptime formats of date and timestamp text (None: ISO 8601)."""
+
+    date: str | None = None
+    timestamp: str | None = None
+
+
+ISO = TextFormats()
+
+
+def text_formats(contract: DatasetContract, source_format: str) -> TextFormats:
+    """The contract's `csv:` date and timestamp formats, for CSV files; ISO 8601 otherwise."""
+    if source_format != "csv":
+        return ISO
+    return TextFormats(contract.csv.date_format, contract.csv.timestamp_format)
+
+
+Parser = Callable[[pa.Array], pa.Array]
+
+
+def text_parser(spec: ColumnSpec, formats: TextFormats = ISO) -> Parser:
+    """How a text column becomes the column's type; raises `pa.ArrowInvalid` on a bad value."""
+    kind = spec.type.name
+    if kind == "timestamp":
+        if formats.timestamp:
+            return functools.partial(_strptime_timestamp, format=formats.timestamp)
+        return _cast_timestamp
+    if kind == "date" and formats.date:
+        return functools.partial(_strptime_date, format=formats.date)
+    if kind == "int64":
+        return _cast_integer
+    target = spec.type.arrow_type
+    return lambda array: pc.cast(array, target, safe=True)
+
+
+def convert(array: pa.Array, spec: ColumnSpec, formats: TextFormats = ISO) -> pa.Array:
+    """`array` as the column's type, converted exactly as a load converts it.
+
+    Raises:
+        pa.ArrowInvalid: a value does not fit (`_convert_column` then finds which).
+    """
     target = spec.type.arrow_type
     if array.type == target:
         return array
-    fast = _fast_cast(array, spec)
-    if fast is not None:
-        return fast
-    prepared = _prepare(array, spec)
-    try:
-        if spec.type.name == "timestamp":
-            return _cast_timestamp(prepared)
-        return pc.cast(prepared, target, safe=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        index = _first_uncastable(prepared, target)
-        value = array[index].as_py() if index is not None else None
-        row = first_row + (index or 0)
-        shown = repr(value) if not isinstance(value, str) else f"'{value[:100]}'"
-        raise _violation(source, row, spec, f"value {shown} is not a valid {spec.type}") from None
-
-
-def _fast_cast(array: pa.Array, spec: ColumnSpec) -> pa.Array | None:
-    """The common case in one cast: clean numbers, or timestamps written all alike.
-
-    Returns None when the column needs the general path (blanks to trim, mixed timestamp
-    forms, a bad value), which then also finds the bad value's row.
-    """
     if not pa.types.is_string(array.type) or spec.type.name == "string":
-        return None
-    target = spec.type.arrow_type
+        return _cast_typed(array, target)
+    parse = text_parser(spec, formats)
     try:
-        if spec.type.name != "timestamp":
-            return pc.cast(array, target, safe=True)
-        try:
-            return _cast_timestamp(array)  # every value carries its offset
-        except pa.ArrowInvalid:  # none does: naive values are UTC
-            return _cast_timestamp(array, naive=True)
+        return parse(array)  # the common case: clean text, one vectorised parse
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
+        return parse(_prepare(array, spec, formats))
+
+
+def _cast_typed(array: pa.Array, target: pa.DataType) -> pa.Array:
+    """Typed input (Parquet, JSON numbers): a plain cast, which refuses lossy ones, except that
+    finer timestamps are truncated to microseconds (PostgreSQL's precision), as nanosecond text
+    is."""
+    safe = not (pa.types.is_timestamp(array.type) and pa.types.is_timestamp(target))
+    try:
+        return pc.cast(array, target, safe=safe)
+    except pa.ArrowNotImplementedError as exc:
+        raise pa.ArrowInvalid(str(exc)) from None
+
+
+def _convert_column(
+    array: pa.Array,
+    spec: ColumnSpec,
+    source: SourceFile,
+    first_row: int,
+    formats: TextFormats = ISO,
+) -> pa.Array:
+    try:
+        return convert(array, spec, formats)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    if not pa.types.is_string(array.type) or spec.type.name == "string":
+        target = spec.type.arrow_type
+        return _refuse(array, array, spec, source, first_row, lambda a: _cast_typed(a, target))
+    prepared = _prepare(array, spec, formats)
+    return _refuse(array, prepared, spec, source, first_row, text_parser(spec, formats))
+
+
+def _refuse(
+    original: pa.Array,
+    prepared: pa.Array,
+    spec: ColumnSpec,
+    source: SourceFile,
+    first_row: int,
+    parse: Parser,
+) -> pa.Array:
+    index = _first_unparsable(prepared, parse)
+    value = original[index].as_py() if index is not None else None
+    row = first_row + (index or 0)
+    shown = repr(value) if not isinstance(value, str) else f"'{value[:100]}'"
+    raise _violation(source, row, spec, f"value {shown} is not a valid {spec.type}") from None
 
 
 _UTC_MICROS = pa.timestamp("us", tz="UTC")
 
 
 def _cast_timestamp(array: pa.Array, naive: bool = False) -> pa.Array:
-    """Text to UTC microseconds. Nanosecond text (9 fraction digits, common in exports) is
-    accepted and truncated to microseconds, PostgreSQL's precision."""
+    """ISO 8601 text to UTC microseconds: with an offset, or (`naive`, or when no value has
+    one) read as UTC. Nanosecond text (9 fraction digits, common in exports) is accepted and
+    truncated to microseconds, PostgreSQL's precision."""
+    if not naive:
+        try:
+            return _cast_timestamp_as(array, naive=False)  # every value carries its offset
+        except pa.ArrowInvalid:
+            pass
+    return _cast_timestamp_as(array, naive=True)
+
+
+def _cast_timestamp_as(array: pa.Array, naive: bool) -> pa.Array:
     error: pa.ArrowInvalid | None = None
     for unit in ("us", "ns"):
         try:
@@ -134,12 +205,36 @@ def _cast_timestamp(array: pa.Array, naive: bool = False) -> pa.Array:
     raise error
 
 
-def _prepare(array: pa.Array, spec: ColumnSpec) -> pa.Array:
-    """Normalise text before a cast: trim blanks; read offset-less timestamps as UTC."""
-    if not pa.types.is_string(array.type) or spec.type.name == "string":
-        return array
+def _strptime_timestamp(array: pa.Array, format: str) -> pa.Array:
+    """Text in a strptime format to UTC microseconds; without `%z` the times are UTC."""
+    parsed = pc.strptime(array, format=format, unit="us", error_is_null=False)
+    if parsed.type.tz is None:
+        parsed = pc.assume_timezone(parsed, "UTC")
+    return parsed.cast(_UTC_MICROS)
+
+
+def _strptime_date(array: pa.Array, format: str) -> pa.Array:
+    return pc.strptime(array, format=format, unit="s", error_is_null=False).cast(pa.date32())
+
+
+# An integer written as a float with a zero fraction (`12.0`, as pandas and R write integer
+# columns that hold a null) or with a plus sign: the same integer, so it is accepted. `12.5`,
+# `1e3` and `1,234` are refused: they are not (or not plainly) integers.
+_WHOLE_NUMBER = r"^\+?(-?\d+)(?:\.0*)?$"
+
+
+def _cast_integer(array: pa.Array) -> pa.Array:
+    try:
+        return pc.cast(array, pa.int64(), safe=True)
+    except pa.ArrowInvalid:
+        whole = pc.replace_substring_regex(array, _WHOLE_NUMBER, r"\1")
+        return pc.cast(whole, pa.int64(), safe=True)
+
+
+def _prepare(array: pa.Array, spec: ColumnSpec, formats: TextFormats) -> pa.Array:
+    """Normalise text before a parse: trim blanks; give ISO timestamps without an offset UTC's."""
     trimmed = pc.utf8_trim_whitespace(array)
-    if spec.type.name == "timestamp":
+    if spec.type.name == "timestamp" and not formats.timestamp:
         # A bare date is that day's midnight, UTC.
         trimmed = pc.replace_substring_regex(trimmed, _DATE_ONLY, r"\1T00:00:00")
         has_offset = pc.match_substring_regex(trimmed, _HAS_OFFSET)
@@ -148,27 +243,23 @@ def _prepare(array: pa.Array, spec: ColumnSpec) -> pa.Array:
     return trimmed
 
 
-def _first_uncastable(array: pa.Array, target: pa.DataType) -> int | None:
-    """Index of the first value that does not cast, found by bisection over slices."""
+def _first_unparsable(array: pa.Array, parse: Parser) -> int | None:
+    """Index of the first value that does not parse, found by bisection over slices."""
 
-    def casts(offset: int, length: int) -> bool:
+    def parses(offset: int, length: int) -> bool:
         try:
-            part = array.slice(offset, length)
-            if target == _UTC_MICROS and pa.types.is_string(array.type):
-                _cast_timestamp(part)
-            else:
-                pc.cast(part, target, safe=True)
+            parse(array.slice(offset, length))
             return True
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return False
 
     low, high = 0, len(array)
-    if casts(low, high):
+    if parses(low, high):
         return None
     # Invariant: the first bad value lies in [low, high).
     while high - low > 1:
         middle = (low + high) // 2
-        if casts(low, middle - low):
+        if parses(low, middle - low):
             low = middle
         else:
             high = middle
@@ -177,7 +268,12 @@ def _first_uncastable(array: pa.Array, target: pa.DataType) -> int | None:
 
 def _violation(source: SourceFile, row: int, spec: ColumnSpec, message: str) -> ContractViolation:
     return ContractViolation(
-        message, source=source.name, row=row, line=source.line_of_row(row), column=spec.name
+        message,
+        source=source.name,
+        row=row,
+        line=source.line_of_row(row),
+        column=spec.source,
+        warehouse_column=spec.name,
     )
 
 
@@ -441,6 +537,7 @@ def conformed_keys(
     already given.
     """
     specs = [contract.column(name) for name in contract.primary_key]
+    formats = text_formats(contract, source.format)
     given = 0
     while True:
         try:
@@ -451,7 +548,7 @@ def conformed_keys(
                     skip = given - seen if given > seen else 0
                     part = raw.slice(skip)
                     arrays = [
-                        _convert_column(part.column(spec.name), spec, source, given + 1)
+                        _convert_column(part.column(spec.name), spec, source, given + 1, formats)
                         for spec in specs
                     ]
                     yield pa.RecordBatch.from_arrays(arrays, names=list(contract.primary_key))

@@ -358,11 +358,11 @@ def test_csv_error_in_later_batch_has_absolute_row(
         (
             ORDERS_HEADER.removesuffix(",note"),
             order_line(1).removesuffix(","),
-            "missing column(s) note",
+            "missing column(s) 'note'",
         ),
-        (ORDERS_HEADER.replace("amount", "amt"), order_line(1), "missing column(s) amount"),
-        (ORDERS_HEADER + ",discount", order_line(1) + ",5", "unexpected column(s) discount"),
-        (ORDERS_HEADER + ",note", order_line(1) + ",x", "column(s) note appear more than once"),
+        (ORDERS_HEADER.replace("amount", "amt"), order_line(1), "missing column(s) 'amount'"),
+        (ORDERS_HEADER + ",discount", order_line(1) + ",5", "unexpected column(s) 'discount'"),
+        (ORDERS_HEADER + ",note", order_line(1) + ",x", "column(s) 'note' appear more than once"),
     ],
     ids=["missing", "renamed", "unexpected", "duplicated"],
 )
@@ -382,8 +382,8 @@ def test_csv_wrong_delimiter_contract(tmp_path: Path, orders: DatasetContract) -
     contract = dataclasses.replace(orders, csv=CsvOptions(delimiter=";"))
     error = violation(write_csv(tmp_path, [ORDERS_HEADER, order_line(1)]), "csv", contract)
     assert error.line == 1
-    assert "missing column(s) order_id, customer_id" in str(error)
-    assert f"the file has {ORDERS_HEADER}" in str(error)
+    assert "missing column(s) 'order_id', 'customer_id'" in str(error)
+    assert f"the file has '{ORDERS_HEADER}'" in str(error)
 
 
 @pytest.mark.parametrize(
@@ -535,7 +535,7 @@ def test_jsonl_unexpected_field(tmp_path: Path, orders: DatasetContract) -> None
     path = write_jsonl(tmp_path, [order_record(1), order_record(2, coupon="X")])
     error = violation(path, "jsonl", orders)
     assert (error.line, error.row, error.column) == (2, 2, "coupon")
-    assert "unexpected field(s) coupon" in str(error)
+    assert "unexpected field(s) 'coupon'" in str(error)
 
 
 @pytest.mark.parametrize("amount", [12.345, "12.345", "abc"], ids=["number", "string", "text"])
@@ -630,7 +630,7 @@ def test_parquet_missing_column(tmp_path: Path, every_type: DatasetContract) -> 
     path = tmp_path / "every_type.parquet"
     pq.write_table(every_type_table().drop_columns(["code"]), path)
     error = violation(path, "parquet", every_type)
-    assert "missing column(s) code" in str(error)
+    assert "missing column(s) 'code'" in str(error)
     assert error.line is None
     assert error.row is None
 
