@@ -1,14 +1,19 @@
 """The `dw_pipelines` code location: assembles `Definitions` and nothing else.
 
 Contracts are read when the code location loads (each dataset becomes two assets), so adding a
-dataset file to `DW_DATASETS_PATH` takes effect on the next reload of the code location.
+dataset file to `DW_DATASETS_PATH` takes effect on the next reload of the code location. A
+contract file that cannot be used leaves out its own dataset only: the location loads with every
+other one, logs a warning per refused file, and the `contracts_valid` check of
+`dw/outbox_health` shows it in the UI.
 """
+
+import logging
 
 import dagster as dg
 import sqlalchemy as sa
 
 from dw_pipelines.defs.assets import dataset_assets
-from dw_pipelines.defs.health import health_sensor, outbox_health_asset
+from dw_pipelines.defs.health import contracts_check, health_sensor, outbox_health_asset
 from dw_pipelines.defs.jobs import ingestion_job
 from dw_pipelines.defs.partitions import business_date_partitions
 from dw_pipelines.defs.resources import DwResource
@@ -16,9 +21,15 @@ from dw_pipelines.defs.sensors import outbox_sensor, reconciler_sensor
 from dw_pipelines.services import load_contracts
 from dw_pipelines.settings import Settings
 
+_log = logging.getLogger("dw_pipelines")
+
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     contracts = load_contracts(settings)
+    for problem in contracts.problems:
+        _log.warning("dataset '%s' left out of the code location: %s", problem.dataset, problem)
+    for folder in contracts.missing_directories:
+        _log.warning("dataset contract folder %s does not exist (DW_DATASETS_PATH)", folder)
     backend = sa.make_url(settings.warehouse_url).get_backend_name()
     warehouse_kind = {"postgresql": "postgres"}.get(backend, backend)  # the UI's icon names
     assets = [
@@ -35,7 +46,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         warehouse_url=dg.EnvVar("DW_WAREHOUSE_URL") if settings.warehouse_url_from_env else None,
     )
     return dg.Definitions(
-        assets=[*assets, outbox_health_asset],
+        assets=[*assets, outbox_health_asset(contracts)],
+        asset_checks=[contracts_check],
         jobs=[job],
         sensors=[
             outbox_sensor(job, settings, contracts),

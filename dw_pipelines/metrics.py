@@ -21,6 +21,9 @@ Metric semantics:
 * `dw_ingestion_job_duration_seconds`: histogram over COMPLETED rows of `updated_at` (the
   completion) minus the time of the job's last STARTED audit event (`created_at` if none), i.e. the
   duration of the run that completed it, retry waits included.
+* `dw_ingestion_contract_errors{dataset}`: problems found in the dataset's contract file(s),
+  read from the contract folders at scrape time: 0 for every usable dataset, above 0 for a
+  dataset whose contract is refused (its jobs wait PENDING until the file is fixed).
 * `dw_worker_scrape_error`: 1 when this scrape's database read failed (the data metrics are then
   left out rather than reported stale), else 0; `dw_worker_scrape_duration_seconds`.
 
@@ -288,6 +291,38 @@ def check_ready(engine: Engine, timeout_ms: int) -> str | None:
     return None
 
 
+class ContractCollector(Collector):
+    """`dw_ingestion_contract_errors{dataset}` from the contract files, at scrape time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        from dw_pipelines.services import load_contracts  # parsed again only when files change
+
+        family = GaugeMetricFamily(
+            "dw_ingestion_contract_errors",
+            "Problems in a dataset's contract file(s); above 0: the dataset cannot be loaded "
+            "(see `dw-pipelines datasets check`).",
+            labels=["dataset"],
+        )
+        try:
+            contracts = load_contracts(self.settings)
+        except Exception as exc:  # an unreadable folder: report it, keep serving
+            log.warning("metrics: cannot read the dataset contracts: %s", exc)
+            return
+        errors = {contract.name: 0 for contract in contracts}
+        for problem in contracts.problems:
+            name = problem.dataset or ""
+            errors[name] = errors.get(name, 0) + max(len(problem.problems), 1)
+        for dataset, count in sorted(errors.items()):
+            family.add_metric([dataset], count)
+        yield family
+
+
 class MetricsServer:
     """`/metrics`, `/healthz` and `/readyz` on one threading HTTP server."""
 
@@ -296,6 +331,7 @@ class MetricsServer:
         self.ready_timeout_ms = settings.metrics_connect_timeout_seconds * 1000
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(OutboxCollector(self.engine, settings.metrics_statement_timeout_ms))
+        self.registry.register(ContractCollector(settings))
         self.httpd = ThreadingHTTPServer((host, port), self._handler())
         self.httpd.daemon_threads = True
 

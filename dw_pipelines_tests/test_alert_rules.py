@@ -38,6 +38,7 @@ RUNBOOK_ANCHORS = {
     "DwNoSuccessfulJobs": "dwnosuccessfuljobs",
     "DwExporterDown": "dwexporterdown",
     "DwExporterScrapeError": "dwexporterscrapeerror",
+    "DwContractInvalid": "dwcontractinvalid",
 }
 SEVERITIES = {"warning", "critical"}
 
@@ -54,6 +55,7 @@ EXPORTED_METRICS = {
     "dw_ingestion_job_duration_seconds_sum",
     "dw_ingestion_job_duration_seconds_count",
     "dw_worker_scrape_error",
+    "dw_ingestion_contract_errors",
 }
 SCRAPE_JOB = "dw-worker-exporter"
 EXPORTER_PORT = 9464

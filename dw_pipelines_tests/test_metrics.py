@@ -263,6 +263,8 @@ def test_metrics_report_the_outbox_exactly(
         **buckets([0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 3]),
         ("dw_ingestion_job_duration_seconds_count", ()): 3.0,
         ("dw_ingestion_job_duration_seconds_sum", ()): 4065.0,
+        ("dw_ingestion_contract_errors", (("dataset", "customers"),)): 0.0,
+        ("dw_ingestion_contract_errors", (("dataset", "orders"),)): 0.0,
         ("dw_worker_scrape_error", ()): 0.0,
     }
     types = {f.name: f.type for f in text_string_to_metric_families(body)}
@@ -275,6 +277,7 @@ def test_metrics_report_the_outbox_exactly(
         "dw_ingestion_dead_letters": "gauge",
         "dw_ingestion_rows_loaded": "counter",
         "dw_ingestion_job_duration_seconds": "histogram",
+        "dw_ingestion_contract_errors": "gauge",
         "dw_worker_scrape_error": "gauge",
         "dw_worker_scrape_duration_seconds": "gauge",
     }

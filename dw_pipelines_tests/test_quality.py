@@ -256,7 +256,7 @@ def test_assets_carry_column_schema_kinds_and_check_specs(env):
     assert (amount.type, amount.constraints.nullable) == ("decimal(12,2)", False)
     assert amount.description == "Order total in currency units"
     assert storage.metadata["dagster/table_name"] == "dw_storage.orders"
-    assert staging.kinds == {"postgres", "csv", "parquet", "jsonl"}
+    assert staging.kinds == {"postgres", "csv", "parquet", "jsonl", "json"}
     assert storage.kinds == {"postgres", "table"}
     specs = {k.name: k for k in graph.get_check_keys_for_assets({staging.key, storage.key})}
     assert set(specs) == {

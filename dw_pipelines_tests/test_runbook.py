@@ -34,6 +34,7 @@ ALERTS = [
     "DwNoSuccessfulJobs",
     "DwExporterDown",
     "DwExporterScrapeError",
+    "DwContractInvalid",
 ]
 
 BAD_ORDERS = """\

@@ -314,8 +314,12 @@ class DwIngestionJobQueue:
 
     # ------------------------------------------------------------------------------ sensor
 
-    def claim_due(self, limit: int) -> list[OutboxJob]:
-        """Move up to `limit` due PENDING rows, oldest first, to SENT and return them."""
+    def claim_due(self, limit: int, held_datasets: Sequence[str] = ()) -> list[OutboxJob]:
+        """Move up to `limit` due PENDING rows, oldest first, to SENT and return them.
+
+        Rows of `held_datasets` (datasets whose contract is broken) stay PENDING: they are
+        claimed once the contract is fixed.
+        """
         now = self.clock()
         with self._connection(None) as conn:
             candidates = (
@@ -324,6 +328,8 @@ class DwIngestionJobQueue:
                 .order_by(outbox.c.next_attempt_at, outbox.c.created_at, outbox.c.job_id)
                 .limit(limit)
             )
+            if held_datasets:
+                candidates = candidates.where(outbox.c.dataset.not_in(list(held_datasets)))
             if self._is_postgres:
                 candidates = candidates.with_for_update(skip_locked=True)
             job_ids = list(conn.execute(candidates).scalars())
@@ -354,19 +360,21 @@ class DwIngestionJobQueue:
             )
             return jobs
 
-    def sent_before(self, cutoff: datetime, limit: int) -> list[OutboxJob]:
-        """SENT rows untouched since `cutoff`: candidates whose run may never have been created."""
+    def sent_before(
+        self, cutoff: datetime, limit: int, held_datasets: Sequence[str] = ()
+    ) -> list[OutboxJob]:
+        """SENT rows untouched since `cutoff`: candidates whose run may never have been created
+        (rows of `held_datasets` are left until their contract is fixed)."""
+        query = (
+            sa.select(outbox)
+            .where(outbox.c.status == "SENT", outbox.c.updated_at <= cutoff)
+            .order_by(outbox.c.updated_at, outbox.c.job_id)
+            .limit(limit)
+        )
+        if held_datasets:
+            query = query.where(outbox.c.dataset.not_in(list(held_datasets)))
         with self._read() as conn:
-            rows = (
-                conn.execute(
-                    sa.select(outbox)
-                    .where(outbox.c.status == "SENT", outbox.c.updated_at <= cutoff)
-                    .order_by(outbox.c.updated_at, outbox.c.job_id)
-                    .limit(limit)
-                )
-                .mappings()
-                .all()
-            )
+            rows = conn.execute(query).mappings().all()
         return [OutboxJob.from_row(r) for r in rows]
 
     def note_redispatched(self, job_ids: Sequence[str]) -> None:

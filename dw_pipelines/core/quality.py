@@ -297,12 +297,16 @@ class DataQuality:
         )
 
 
-def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def markdown_table(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], width: int | None = 40
+) -> str:
+    """A Markdown table; cells longer than `width` characters are cut (None: never)."""
+
     def cell(value: Any) -> str:
         if value is None:
             return "∅"
         text = str(value).replace("|", "\\|").replace("\n", " ")
-        return text if len(text) <= 40 else text[:39] + "…"
+        return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]

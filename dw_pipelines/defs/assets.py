@@ -25,7 +25,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 )
 
 from dw_pipelines.core import quality
-from dw_pipelines.core.contracts import DatasetContract
+from dw_pipelines.core.contracts import ColumnSpec, DatasetContract
 from dw_pipelines.core.db import utcnow
 from dw_pipelines.core.errors import DwError, is_permanent
 from dw_pipelines.core.ingestion import PromoteResult, StageResult
@@ -147,13 +147,21 @@ def _owners(contract: DatasetContract) -> list[str]:
     return [owner] if "@" in owner or owner.startswith("team:") else []
 
 
+def _column_description(column: ColumnSpec) -> str | None:
+    """The contract's description, led by the file's name for the column where it differs."""
+    if not column.renamed:
+        return column.description
+    source = f"Source column: `{column.source}`."
+    return f"{source} {column.description}" if column.description else source
+
+
 def column_schema(contract: DatasetContract, lineage: bool) -> dg.TableSchema:
     """The contract's columns as Dagster shows them (plus the lineage columns in storage)."""
     columns = [
         dg.TableColumn(
             c.name,
             str(c.type),
-            description=c.description,
+            description=_column_description(c),
             constraints=dg.TableColumnConstraints(
                 nullable=c.nullable,
                 # Merge keys are unique per tenant, append keys within a job's file.
@@ -406,7 +414,7 @@ def dataset_assets(
                     f"Validated rows of `{dataset}` jobs, loaded with COPY into "
                     f"dw_staging.{dataset} (one partition per job). {contract.description or ''}"
                 ).strip(),
-                kinds={warehouse_kind, "csv", "parquet", "jsonl"},
+                kinds={warehouse_kind, "csv", "parquet", "jsonl", "json"},
                 metadata={
                     "dagster/column_schema": column_schema(contract, lineage=False),
                     "dagster/table_name": f"dw_staging.{dataset}",

@@ -81,9 +81,13 @@ def outbox_sensor(
         context: dg.SensorEvaluationContext, dw: DwResource
     ) -> dg.SensorResult | dg.SkipReason:
         queue = dw.queue
+        # Jobs of a dataset whose contract is broken wait, PENDING, until the file is fixed:
+        # a typo in a contract must not dead-letter its jobs (nor touch any other dataset's).
+        held = contracts.broken_datasets
         stale = queue.sent_before(
             redispatch_cutoff(utcnow(), settings.sensor_redispatch_after_seconds),
             settings.sensor_batch_size,
+            held,
         )
         orphans = jobs_without_runs(context.instance, stale)
         if orphans:
@@ -91,7 +95,13 @@ def outbox_sensor(
             context.log.warning(
                 "re-requesting SENT jobs that have no run: " + ", ".join(j.job_id for j in orphans)
             )
-        claimed = queue.claim_due(max(settings.sensor_batch_size - len(orphans), 0))
+        claimed = queue.claim_due(max(settings.sensor_batch_size - len(orphans), 0), held)
+        if held:
+            context.log.warning(
+                "holding the PENDING jobs of dataset(s) with a broken contract: "
+                + ", ".join(held)
+                + " (see `dw-pipelines datasets check`)"
+            )
         requests = []
         for job in [*orphans, *claimed]:
             problem = _undispatchable(job, contracts)
