@@ -11,13 +11,16 @@ from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from dw_pipelines.core.db import OUTBOX_STATUSES, create_db_engine
 from dw_pipelines.core.errors import DwError
 from dw_pipelines.settings import Settings
+
+if TYPE_CHECKING:
+    from dw_pipelines.core.contracts import ContractRegistry
 
 ENV_HELP = (
     "Configuration comes from the environment: DW_DATABASE_URL, DW_WAREHOUSE_URL, "
@@ -90,7 +93,9 @@ def db_upgrade() -> None:
 @click.option("--job-id", default=None, help="Job id [default: a new UUID].")
 @click.option("--idempotency-key", default=None, help="Dedup key [default: the job id].")
 @click.option("--business-date", default=None, help="YYYY-MM-DD [default: today, UTC].")
-@click.option("--format", "fmt", default=None, help="csv, parquet or jsonl [default: extension].")
+@click.option(
+    "--format", "fmt", default=None, help="csv, parquet, jsonl or json [default: extension]."
+)
 @click.option("--requested-by", default=None, help="Who asks (kept in the audit trail).")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @_errors_to_exit_code
@@ -193,13 +198,19 @@ def outbox_show(job_id: str, as_json: bool) -> None:
         trail = queue.audit_trail(job_id)
     finally:
         queue.engine.dispose()
+    contract = _dataset_columns(queue.contracts, job.dataset)
     if as_json:
-        _print_json({**job.to_dict(), "audit": [event.to_dict() for event in trail]})
+        _print_json({**job.to_dict(), **contract, "audit": [event.to_dict() for event in trail]})
         return
     for key, value in job.to_dict().items():
         if key != "payload":
             click.echo(f"{key:>16}: {'' if value is None else value}")
     click.echo(f"{'command':>16}: {json.dumps(job.payload, sort_keys=True)}")
+    if contract.get("contract_error"):
+        click.echo(f"{'contract':>16}: {contract['contract_error']}")
+    for index, column in enumerate(contract.get("renamed_columns", [])):
+        label = "columns" if index == 0 else ""
+        click.echo(f"{label:>16}: '{column['name']}' -> {column['column']}")
     click.echo("")
     click.echo(
         format_table(
@@ -218,6 +229,18 @@ def outbox_show(job_id: str, as_json: bool) -> None:
             ],
         )
     )
+
+
+def _dataset_columns(contracts: "ContractRegistry", dataset: str) -> dict[str, Any]:
+    """What `outbox show` says of the job's dataset: the columns the warehouse names other than
+    the file does (file name -> warehouse column), or why its contract cannot be used."""
+    try:
+        contract = contracts.get(dataset)
+    except DwError as exc:
+        return {"contract_error": str(exc)}
+    return {
+        "renamed_columns": [{"name": c.source, "column": c.name} for c in contract.renamed_columns]
+    }
 
 
 @outbox.command(
@@ -335,6 +358,217 @@ def outbox_prune(older_than_days: int, as_json: bool) -> None:
         _print_json({"deleted": deleted, "cutoff": cutoff.isoformat()})
     else:
         click.echo(f"deleted {deleted} COMPLETED job(s) last updated before {cutoff.isoformat()}")
+
+
+@main.group(help="Dataset contracts: check them, list them, draft one from a file.")
+def datasets() -> None:
+    pass
+
+
+def _contract_report(files: tuple[Path, ...]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per contract file: its dataset, whether it can be used and its errors; plus the missing
+    contract folders. Without `files`: the shipped folder and DW_DATASETS_PATH."""
+    from dw_pipelines.core.contracts import ContractFileError, ContractRegistry, load_contract_file
+    from dw_pipelines.services import load_contracts
+
+    if files:
+        contracts, problems = [], []
+        for path in files:
+            try:
+                contracts.append(load_contract_file(path))
+            except ContractFileError as exc:
+                problems.append(exc)
+        registry = ContractRegistry(contracts, problems)
+    else:
+        registry = load_contracts(_settings())
+    report = [
+        {"file": str(c.path), "dataset": c.name, "valid": True, "errors": []} for c in registry
+    ]
+    report += [{**p.to_dict(), "valid": False} for p in registry.problems]
+    report.sort(key=lambda r: (r["dataset"] or "", r["file"] or ""))
+    return report, [str(d) for d in registry.missing_directories]
+
+
+@datasets.command(
+    "check",
+    help=(
+        "Check every dataset contract file (the shipped ones and DW_DATASETS_PATH), or the "
+        "FILEs given: each error with its file, field and reason. Exit status 1 when any "
+        "file cannot be used."
+    ),
+)
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_errors_to_exit_code
+def datasets_check(files: tuple[Path, ...], as_json: bool) -> None:
+    report, missing = _contract_report(files)
+    ok = not missing and all(entry["valid"] for entry in report)
+    if as_json:
+        _print_json({"ok": ok, "files": report, "missing_directories": missing})
+    else:
+        for entry in report:
+            if entry["valid"]:
+                click.echo(f"ok     {entry['dataset']:<24} {entry['file']}")
+                continue
+            for error in entry["errors"]:
+                where = f"{error['field']}: " if error["field"] else ""
+                click.echo(
+                    f"error  {entry['dataset'] or '?':<24} {entry['file']}: {where}"
+                    f"{error['reason']}"
+                )
+        for folder in missing:
+            click.echo(f"error  {'(folder)':<24} {folder}: does not exist")
+        broken = sum(1 for entry in report if not entry["valid"])
+        click.echo(
+            f"{len(report) - broken} valid, {broken} refused"
+            + (f", {len(missing)} missing folder(s)" if missing else "")
+        )
+    if not ok:
+        sys.exit(1)
+
+
+@datasets.command(
+    "list", help="List the datasets: columns (file name -> warehouse column), key, status."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the datasets as a JSON list.")
+@_errors_to_exit_code
+def datasets_list(as_json: bool) -> None:
+    from dw_pipelines.services import load_contracts
+
+    registry = load_contracts(_settings())
+    entries: list[dict[str, Any]] = []
+    for contract in registry:
+        entries.append(
+            {
+                "dataset": contract.name,
+                "file": str(contract.path),
+                "status": "ok",
+                "write_mode": contract.write_mode,
+                "match": contract.match,
+                "primary_key": list(contract.primary_key),
+                "columns": [
+                    {
+                        "name": c.source,
+                        "column": c.name,
+                        "type": str(c.type),
+                        "nullable": c.nullable,
+                    }
+                    for c in contract.columns
+                ],
+            }
+        )
+    for problem in registry.problems:
+        entries.append({**problem.to_dict(), "status": "invalid"})
+    entries.sort(key=lambda e: (e["dataset"] or "", e["file"] or ""))
+    if as_json:
+        _print_json(entries)
+        return
+    rows = []
+    for entry in entries:
+        if entry["status"] != "ok":
+            first = entry["errors"][0] if entry["errors"] else {"field": "", "reason": ""}
+            detail = f"{first['field']}: {first['reason']}" if first["field"] else first["reason"]
+            rows.append([entry["dataset"], "INVALID", "", "", detail[:90]])
+            continue
+        columns = ", ".join(
+            c["column"] if c["name"] == c["column"] else f"{c['name']} -> {c['column']}"
+            for c in entry["columns"]
+        )
+        rows.append(
+            [
+                entry["dataset"],
+                "ok",
+                entry["write_mode"],
+                ", ".join(entry["primary_key"]),
+                columns[:90] + ("..." if len(columns) > 90 else ""),
+            ]
+        )
+    click.echo(format_table(["dataset", "status", "mode", "key", "columns"], rows))
+
+
+@datasets.command(
+    "infer",
+    help=(
+        "Draft a contract from FILE (CSV, JSON Lines, JSON array or Parquet; a local path or "
+        "s3://bucket/key): columns as the file names them, warehouse names by the naming "
+        "convention, types from the first 10,000 rows (or 16 MiB), the CSV dialect. Prints "
+        "YAML, or writes it with -o; review it, then `datasets check` it."
+    ),
+)
+@click.argument("file")
+@click.option("--name", default=None, help="Dataset name [default: from -o, else the file].")
+@click.option(
+    "--primary-key",
+    "primary_key",
+    multiple=True,
+    help="A key column, as the file names it (repeat, or separate with commas).",
+)
+@click.option(
+    "--write-mode",
+    type=click.Choice(["append", "merge"]),
+    default="append",
+    show_default=True,
+    help="merge needs --primary-key.",
+)
+@click.option(
+    "--format", "fmt", default=None, help="csv, parquet, jsonl or json [default: extension]."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the draft to this file (refused if it exists) instead of printing it.",
+)
+@click.option("--sample-rows", type=click.IntRange(min=1), default=10_000, show_default=True)
+@_errors_to_exit_code
+def datasets_infer(
+    file: str,
+    name: str | None,
+    primary_key: tuple[str, ...],
+    write_mode: str,
+    fmt: str | None,
+    output: Path | None,
+    sample_rows: int,
+) -> None:
+    from dw_pipelines.core.commands import infer_format
+    from dw_pipelines.core.infer import infer_contract
+    from dw_pipelines.core.objectstore import (
+        ObjectSource,
+        ObjectStore,
+        is_object_uri,
+        parse_location,
+    )
+    from dw_pipelines.core.readers import open_source
+
+    fmt = fmt or infer_format(file)
+    if fmt is None:
+        raise click.UsageError(f"cannot tell the format of {file} from its name; pass --format")
+    if output is not None and output.exists():
+        raise click.UsageError(f"{output} exists; remove it or choose another -o")
+    if is_object_uri(file):
+        store = ObjectStore(_settings().s3_options)
+        location = parse_location(file)
+        source = open_source(ObjectSource(location, store.stat(location), store), fmt)
+    else:
+        source = open_source(Path(file).expanduser().resolve(), fmt)
+    if name is None and output is not None:
+        name = output.stem
+    keys = [k.strip() for entry in primary_key for k in entry.split(",") if k.strip()]
+    draft = infer_contract(
+        source, name=name, primary_key=keys, write_mode=write_mode, sample_rows=sample_rows
+    )
+    text = draft.to_yaml()
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    output.write_text(text, encoding="utf-8")
+    click.echo(
+        f"wrote {output}: dataset {draft.document['name']}, {len(draft.document['columns'])} "
+        f"columns from {draft.rows_sampled} row(s)"
+        + (f"; {len(draft.notes)} note(s) at its top" if draft.notes else ""),
+        err=True,
+    )
 
 
 @main.group(help="Prometheus metrics of the outbox and audit trail.")
