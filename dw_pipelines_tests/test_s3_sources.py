@@ -18,6 +18,7 @@ import io
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date as dt_date
 from pathlib import Path
 
 import dagster as dg
@@ -517,3 +518,48 @@ def test_credentials_appear_in_no_audit_row_error_or_log(
     assert "access denied" in everything  # the failure was recorded ...
     assert secret not in everything  # ... without the secret key anywhere
     assert secret not in repr(worker.service.landing.object_store.options)
+
+
+# ------------------------------------------------------------------- drafting from an object
+
+
+CARS = [
+    {"Name": "chevrolet chevelle", "Miles_per_Gallon": 18, "Year": "1970-01-01"},
+    {"Name": "vw, beetle", "Miles_per_Gallon": None, "Year": "1971-01-01"},
+    {"Name": "ford [torino]", "Miles_per_Gallon": 25.5, "Year": "1972-01-01"},
+]
+
+
+def test_a_contract_drafted_from_an_object_loads_that_json_array(
+    pg_url: str, dw_env, bucket: Bucket, proxy: FaultProxy, s3_env: dict, tmp_path: Path
+) -> None:
+    """`datasets infer s3://...` reads the object (ranged GETs), its draft passes
+    `datasets check`, and a job of that JSON array object loads every row."""
+    import json
+
+    from click.testing import CliRunner
+
+    from dw_pipelines.cli import main
+
+    uri = bucket.put(f"{PREFIX}/exports/cars.json", json.dumps(CARS, indent=2).encode())
+    contracts = tmp_path / "contracts"
+    contracts.mkdir()
+    env = {**s3_env, "DW_DATABASE_URL": pg_url, "DW_DATASETS_PATH": str(contracts)}
+    runner = CliRunner()
+    drafted = runner.invoke(
+        main, ["datasets", "infer", uri, "-o", str(contracts / "cars.yaml")], env=env
+    )
+    assert drafted.exit_code == 0, drafted.output
+    assert_only_ranged_gets(proxy, f"/{PREFIX}/exports/cars.json")
+    checked = runner.invoke(main, ["datasets", "check", str(contracts / "cars.yaml")], env=env)
+    assert checked.exit_code == 0, checked.output
+    text = (contracts / "cars.yaml").read_text()
+    assert '{name: "Miles_per_Gallon", type: float64, nullable: true}' in text
+    with worker_for(pg_url, dw_env, tmp_path, **env) as worker:
+        job, result = worker.load(uri, dataset="cars")
+        completed(worker, job, result, 3)
+        assert stored(worker, "cars", job.job_id, "name") == [
+            {"name": "chevrolet chevelle", "miles_per_gallon": 18.0, "year": dt_date(1970, 1, 1)},
+            {"name": "ford [torino]", "miles_per_gallon": 25.5, "year": dt_date(1972, 1, 1)},
+            {"name": "vw, beetle", "miles_per_gallon": None, "year": dt_date(1971, 1, 1)},
+        ]
