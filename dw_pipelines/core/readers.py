@@ -19,14 +19,18 @@ its `s3://bucket/key` URI in every message. Store errors keep their class: throt
 timeouts stay transient (`SourceUnavailable`), a denied or missing object is permanent.
 """
 
+import atexit
 import codecs
 import contextlib
 import csv
 import decimal
+import gc
 import io
 import json
 import os
 import threading
+import time
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -305,6 +309,9 @@ class _PacedStream:
         self._released = False
         self._cond = threading.Condition()
         self.closed = False
+        # This stream and every buffer it hands to Arrow, counted until freed (see `_Handoff`).
+        self.handoff = _Handoff()
+        self.handoff.track(self)
 
     def taken(self) -> None:
         with self._cond:
@@ -330,11 +337,12 @@ class _PacedStream:
 
     def read_buffer(self, nbytes: int) -> pa.Buffer:
         self._wait_for_room()
-        return self._stream.read_buffer(nbytes)
+        return self.handoff.track(self._stream.read_buffer(nbytes))
 
-    def read(self, nbytes: int | None = None) -> bytes:
+    def read(self, nbytes: int | None = None) -> pa.Buffer:
         self._wait_for_room()
-        return self._stream.read(nbytes)
+        data = self._stream.read(nbytes)
+        return self.handoff.track(data if isinstance(data, pa.Buffer) else pa.py_buffer(data))
 
     def readable(self) -> bool:
         return True
@@ -346,6 +354,76 @@ class _PacedStream:
         self.release()
         self.closed = True
         self._stream.close()
+
+
+# How long an exiting process waits for Arrow's threads to free the Python objects it was given.
+_LET_GO_SECONDS = 3.0
+
+
+class _Handoff:
+    """Python objects handed to Arrow (a stream, its buffers, a callback), counted until freed.
+
+    Arrow's threads may still hold one of them after the reader that owns it is closed: a
+    buffer read ahead and never parsed sits in a future on Arrow's thread pool for a moment.
+    Freeing it takes the GIL; if that happens while the interpreter shuts down (a short-lived
+    command that read a file and exits at once), Python ends that thread and the process dies
+    in `std::terminate` ("terminate called without an active exception"). So the first handoff
+    registers `_let_go_at_exit`, which runs before the interpreter shuts down and waits for the
+    count of every handoff to reach zero (it takes microseconds: one block is in flight at
+    most).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._live = 0
+
+    def track(self, obj: Any) -> Any:
+        with self._cond:
+            if self._live == 0:
+                _holding(self, True)
+            self._live += 1
+        # Not called at exit for objects still alive: the count must say what Arrow holds.
+        weakref.finalize(obj, self._freed).atexit = False
+        return obj
+
+    def _freed(self) -> None:
+        with self._cond:
+            self._live -= 1
+            if self._live == 0:
+                _holding(self, False)
+            self._cond.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._live <= 0, max(timeout, 0))
+
+
+_held: set[_Handoff] = set()
+_held_lock = threading.Lock()
+_exit_hook_registered = False
+
+
+def _holding(handoff: _Handoff, held: bool) -> None:
+    global _exit_hook_registered
+    with _held_lock:
+        if not held:
+            _held.discard(handoff)
+            return
+        _held.add(handoff)
+        if not _exit_hook_registered:
+            atexit.register(_let_go_at_exit)
+            _exit_hook_registered = True
+
+
+def _let_go_at_exit() -> None:
+    """At interpreter exit, before shutdown: wait until Arrow has freed what readers handed it
+    (see `_Handoff`)."""
+    gc.collect()  # what only a reference cycle (a traceback, say) still holds
+    deadline = time.monotonic() + _LET_GO_SECONDS
+    with _held_lock:
+        held = list(_held)
+    for handoff in held:
+        handoff.wait(deadline - time.monotonic())
 
 
 def read_batches(
@@ -473,39 +551,39 @@ def _read_csv(
     """
     options = contract.csv
     text_columns = [*contract.source_names, ""]  # "": unnamed trailing columns (must be empty)
-    reader, stream, bad_rows = _open_csv(source, options, text_columns, block_bytes)
+    reader = stream = None
     try:
+        reader, stream, bad_rows = _open_csv(source, options, text_columns, block_bytes)
         header = match_header(source, reader.schema.names, contract, allow_unnamed_trailing=True)
-    except BaseException:
-        _close_csv(reader, stream)
-        raise
-    if any(name not in text_columns for name in header.names):
-        _close_csv(reader, stream)
-        reader, stream, bad_rows = _open_csv(source, options, [*header.names, ""], block_bytes)
-    with reader:
-        try:
-            first_row = 1
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    return
-                except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-                    raise _csv_error(source, options, exc, bad_rows, block_bytes) from None
-                except OSError as exc:
-                    raise source.io_error(exc) from None
-                stream.taken()
-                _check_unnamed_empty(source, batch, header, first_row)
-                first_row += batch.num_rows
-                yield from _rechunk(_as_contract_batch(batch, header, contract), batch_rows)
-        finally:
-            # Before the reader closes: its background reads must not wait for a consumer that
-            # has stopped (an error, or a caller that abandons the batches).
-            stream.release()
+        if any(name not in text_columns for name in header.names):
+            _close_csv(reader, stream)
+            reader, stream, bad_rows = _open_csv(source, options, [*header.names, ""], block_bytes)
+        first_row = 1
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+                raise _csv_error(source, options, exc, bad_rows, block_bytes) from None
+            except OSError as exc:
+                raise source.io_error(exc) from None
+            stream.taken()
+            _check_unnamed_empty(source, batch, header, first_row)
+            first_row += batch.num_rows
+            yield from _rechunk(_as_contract_batch(batch, header, contract), batch_rows)
+    finally:
+        if reader is not None and stream is not None:
+            # Released before the reader closes: its background reads must not wait for a
+            # consumer that has stopped (an error, or a caller that abandons the batches).
+            _close_csv(reader, stream)
 
 
 def _open_csv(
-    source: SourceFile, options: CsvOptions, text_columns: list[str], block_bytes: int
+    source: SourceFile,
+    options: CsvOptions,
+    text_columns: list[str],
+    block_bytes: int,
 ) -> "tuple[pacsv.CSVStreamingReader, _PacedStream, list[pacsv.InvalidRow]]":
     bad_rows: list[pacsv.InvalidRow] = []
 
@@ -513,6 +591,8 @@ def _open_csv(
         bad_rows.append(row)
         return "error"
 
+    # Arrow's parser holds this Python callable as it holds the stream (see `_Handoff`).
+    _Handoff().track(on_invalid_row)
     # Arrow transcodes any other encoding to UTF-8, with its own reads (see `_PacedStream`).
     utf8 = codecs.lookup(options.encoding).name == "utf-8"
     stream = None
@@ -539,9 +619,11 @@ def _open_csv(
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         _release(stream)
+        stream = None  # the traceback keeps this frame: it must not keep the stream
         raise _csv_error(source, options, exc, bad_rows, block_bytes) from None
     except OSError as exc:
         _release(stream)
+        stream = None
         raise source.io_error(exc) from None
     return reader, stream, bad_rows
 
