@@ -277,9 +277,15 @@ class DataQuality:
         limit = contract.freshness_max_age_hours
         loads = self.warehouse.loads
         with self.warehouse.engine.connect() as conn:
-            last = conn.execute(
-                sa.select(sa.func.max(loads.c.loaded_at)).where(loads.c.dataset == contract.name)
-            ).scalar_one_or_none()
+            # A new warehouse has no loads table until its first promotion.
+            if not sa.inspect(conn).has_table(loads.name, schema=loads.schema):
+                last = None
+            else:
+                last = conn.execute(
+                    sa.select(sa.func.max(loads.c.loaded_at)).where(
+                        loads.c.dataset == contract.name
+                    )
+                ).scalar_one_or_none()
         if last is None:
             return CheckOutcome(
                 FRESHNESS, passed=False, description=f"no {contract.name} job was ever promoted"

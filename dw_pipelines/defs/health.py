@@ -15,14 +15,14 @@ loads, so they show before the sensor's first tick. The checks are declared on t
 an operator can also run one from the UI ("Execute" on the check).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dagster as dg
 
 from dw_pipelines.core.contracts import ContractRegistry, DatasetContract
 from dw_pipelines.core.outbox import OutboxHealth
-from dw_pipelines.core.quality import markdown_table
-from dw_pipelines.defs.assets import freshness_result
+from dw_pipelines.core.quality import FRESHNESS, markdown_table
+from dw_pipelines.defs.assets import describe, freshness_result, storage_key
 from dw_pipelines.defs.resources import DwResource
 from dw_pipelines.services import load_contracts
 from dw_pipelines.settings import Settings
@@ -126,6 +126,24 @@ def health_metadata(health: OutboxHealth) -> dict[str, object]:
     return metadata
 
 
+def _evaluated(
+    key: dg.AssetKey, name: str, dw: DwResource, evaluate: Callable[[], dg.AssetCheckResult]
+) -> dg.AssetCheckResult:
+    """The check's verdict, or a failed one saying why it could not be reached."""
+    try:
+        return evaluate()
+    except Exception as exc:  # e.g. the warehouse is unreachable right now
+        reason = f"could not run: {dw.service.redact(describe(exc))}"
+        return dg.AssetCheckResult(
+            asset_key=key,
+            check_name=name,
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=reason,
+            metadata={"result": reason},
+        )
+
+
 def health_sensor(settings: Settings, contracts: ContractRegistry) -> dg.SensorDefinition:
     watched: Sequence[DatasetContract] = [c for c in contracts if c.freshness_max_age_hours]
 
@@ -145,9 +163,25 @@ def health_sensor(settings: Settings, contracts: ContractRegistry) -> dg.SensorD
             dg.AssetObservation(asset_key=OUTBOX_HEALTH_KEY, metadata=health_metadata(health))
         ]
         # The contract files as they are now (what enqueue and runs read), not as the code
-        # location loaded them.
-        checks = [contracts_result(load_contracts(dw.settings()))]
-        checks += [freshness_result(dw, contract) for contract in watched]
+        # location loaded them. Each check on its own: one that cannot run must not cost the
+        # others their evaluation.
+        checks = [
+            _evaluated(
+                OUTBOX_HEALTH_KEY,
+                CONTRACTS_CHECK,
+                dw,
+                lambda: contracts_result(load_contracts(dw.settings())),
+            )
+        ]
+        checks += [
+            _evaluated(
+                storage_key(contract.name),
+                FRESHNESS,
+                dw,
+                lambda contract=contract: freshness_result(dw, contract),
+            )
+            for contract in watched
+        ]
         for result in checks:
             events.append(
                 dg.AssetCheckEvaluation(
