@@ -35,6 +35,8 @@ def _errors_to_exit_code(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except click.ClickException:
+            raise  # usage errors: click prints them and exits 2
         except DwError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
@@ -552,7 +554,17 @@ def datasets_infer(
         source = open_source(ObjectSource(location, store.stat(location), store), fmt)
     else:
         source = open_source(Path(file).expanduser().resolve(), fmt)
-    if name is None and output is not None:
+    if output is not None:
+        # A contract file is named after its dataset (`datasets check` insists).
+        from dw_pipelines.core.contracts import IDENTIFIER_PATTERN
+
+        if name is not None and output.stem != name:
+            raise click.UsageError(f"-o {output}: the contract of dataset {name} is {name}.yaml")
+        if not IDENTIFIER_PATTERN.fullmatch(output.stem):
+            raise click.UsageError(
+                f"-o {output}: a contract file is named after its dataset, and "
+                f"'{output.stem}' is not a dataset name (lower-case letters, digits, _)"
+            )
         name = output.stem
     keys = [k.strip() for entry in primary_key for k in entry.split(",") if k.strip()]
     draft = infer_contract(
