@@ -22,7 +22,7 @@ from dw_pipelines.core.migrations import upgrade
 from dw_pipelines.settings import SAMPLES_DIR, Settings, normalize_database_url
 
 # The tests configure the worker explicitly; a developer's own DW_* settings must not leak in.
-_KEEP = {"DW_TEST_DATABASE_URL", "DW_DAGSTER_HELM_DIR"}
+_KEEP = {"DW_TEST_DATABASE_URL", "DW_DAGSTER_HELM_DIR", "DW_TEST_CACHE"}
 for _name in [n for n in os.environ if n.startswith("DW_") and n not in _KEEP]:
     del os.environ[_name]
 
