@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 BUSINESS_DATE = "2026-11-24"
-FORMATS = ("csv", "parquet", "jsonl")
+FORMATS = ("csv", "parquet", "jsonl", "json")
 
 # The benchmark dataset: (name, contract type, SQL type of the plain reference table, nullable).
 EVENTS_COLUMNS = (
@@ -156,6 +156,19 @@ def write_jsonl(table: "pa.Table", path: Path) -> None:
     frame.to_json(path, orient="records", lines=True, force_ascii=False)
 
 
+def write_json_array(table: "pa.Table", path: Path) -> None:
+    """One pretty-printed JSON array of objects (an element per line block), the most common
+    JSON export: written from the JSON Lines form, a line at a time."""
+    lines = path.with_suffix(".jsonl.tmp")
+    write_jsonl(table, lines)
+    with lines.open("rb") as source, path.open("wb") as target:
+        target.write(b"[\n")
+        for index, line in enumerate(source):
+            target.write((b",\n  " if index else b"  ") + line.rstrip(b"\n"))
+        target.write(b"\n]\n")
+    lines.unlink()
+
+
 def write_table(table: "pa.Table", path: Path, fmt: str) -> None:
     if fmt == "csv":
         write_csv(table, path)
@@ -165,6 +178,8 @@ def write_table(table: "pa.Table", path: Path, fmt: str) -> None:
         pq.write_table(table, path)
     elif fmt == "jsonl":
         write_jsonl(table, path)
+    elif fmt == "json":
+        write_json_array(table, path)
     else:
         raise ValueError(f"unknown format {fmt!r}")
 
@@ -217,7 +232,7 @@ def format_of(path: Path) -> str:
     suffix = path.suffix.lower().lstrip(".")
     fmt = {"pq": "parquet", "ndjson": "jsonl"}.get(suffix, suffix)
     if fmt not in FORMATS:
-        raise SystemExit(f"{path}: unknown format (use .csv, .parquet or .jsonl)")
+        raise SystemExit(f"{path}: unknown format (use .csv, .parquet, .jsonl or .json)")
     return fmt
 
 
@@ -239,6 +254,11 @@ def read_table(path: Path) -> "pa.Table":
         return pq.read_table(path)
     if fmt == "jsonl":
         return pajson.read_json(path)
+    if fmt == "json":  # the array, through the package's own JSON Lines rewrite
+        from dw_pipelines.core.jsonarray import JsonArrayLines
+
+        with open(path, "rb") as raw:
+            return pajson.read_json(JsonArrayLines(raw))
     # As the package reads CSV: an unquoted empty field is NULL, "" an empty string.
     options = pacsv.ConvertOptions(strings_can_be_null=True, quoted_strings_can_be_null=False)
     return pacsv.read_csv(path, convert_options=options)

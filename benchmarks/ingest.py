@@ -277,8 +277,8 @@ def _read_frame(pd, path: str):
     fmt = bl.format_of(Path(path))
     if fmt == "parquet":
         return pd.read_parquet(path)
-    if fmt == "jsonl":
-        return pd.read_json(path, lines=True, convert_dates=["created_at"])
+    if fmt in ("jsonl", "json"):
+        return pd.read_json(path, lines=fmt == "jsonl", convert_dates=["created_at"])
     return pd.read_csv(path, parse_dates=["created_at"])
 
 

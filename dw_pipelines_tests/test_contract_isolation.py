@@ -16,7 +16,6 @@ metrics exporter), this checks that:
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -32,8 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dw_pipelines.core.outbox import DwIngestionJobQueue
 from dw_pipelines.services import build_queue
 from dw_pipelines.settings import SAMPLES_DIR, Settings
-from dw_pipelines_tests.conftest import create_database, database_url
-from dw_pipelines_tests.ui_support import BIN, REPO_ROOT, DagsterStack, free_port
+from dw_pipelines_tests.ui_support import REPO_ROOT, DagsterStack, free_port, operator_env
 
 pytestmark = pytest.mark.slow
 
@@ -93,33 +91,16 @@ def write_yaml(path: Path, document: dict) -> Path:
 @pytest.fixture(scope="module")
 def world(pg_admin: sa.Engine, pg_server_url: str, pg_template: str, tmp_path_factory) -> Iterator:
     root = tmp_path_factory.mktemp("isolation")
-    dw_db, dagster_db = f"{pg_template}_iso_dw", f"{pg_template}_iso_dagster"
-    create_database(pg_admin, dw_db, template=pg_template)
-    create_database(pg_admin, dagster_db)
-    home = root / "dagster-home"
-    home.mkdir()
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
     landing, contracts = root / "landing", root / "contracts"
     landing.mkdir()
     contracts.mkdir()
-    dw_env = {
-        "DW_HOME": str(root / "dw-home"),
-        "DW_DATABASE_URL": database_url(pg_server_url, dw_db),
-        "DW_LANDING_ROOT": os.pathsep.join([str(landing), str(SAMPLES_DIR)]),
-        "DW_DATASETS_PATH": str(contracts),
-        "DW_SENSOR_INTERVAL_SECONDS": "1",
-        "DW_RECONCILE_INTERVAL_SECONDS": "5",
-        "DW_HEALTH_INTERVAL_SECONDS": "2",
-    }
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("DW_")},
-        **dw_env,
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_URL": sa.make_url(database_url(pg_server_url, dagster_db))
-        .set(drivername="postgresql")
-        .render_as_string(hide_password=False),
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    operator = operator_env(
+        pg_admin, pg_server_url, pg_template, root, "iso",
+        DW_LANDING_ROOT=os.pathsep.join([str(landing), str(SAMPLES_DIR)]),
+        DW_DATASETS_PATH=str(contracts),
+        DW_HEALTH_INTERVAL_SECONDS="2",
+    )  # fmt: skip
+    home, dw_env, env = operator.home, operator.dw_env, operator.env
     (landing / "events.csv").write_text(
         "Event ID,userName,Amount (EUR),Seen At\r\n"
         "1,ana,12.50,2026-11-30 08:00:00\r\n"

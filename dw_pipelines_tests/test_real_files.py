@@ -23,8 +23,6 @@ A failure here means a real file a user could bring does not survive the trip as
 import datetime as dt
 import json
 import math
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -43,8 +41,7 @@ from dw_pipelines.core.outbox import DwIngestionJobQueue
 from dw_pipelines.services import build_queue
 from dw_pipelines.settings import Settings
 from dw_pipelines_tests import realdata
-from dw_pipelines_tests.conftest import create_database, database_url
-from dw_pipelines_tests.ui_support import BIN, REPO_ROOT, DagsterStack
+from dw_pipelines_tests.ui_support import BIN, REPO_ROOT, DagsterStack, operator_env
 
 pytestmark = pytest.mark.slow
 
@@ -368,32 +365,14 @@ def world(
     if problem:  # outside the except block: pytest shows the message once
         pytest.fail(f"the real data files could not be had: {problem}", pytrace=False)
     root = tmp_path_factory.mktemp("realfiles")
-    dw_db, dagster_db = f"{pg_template}_real_dw", f"{pg_template}_real_dagster"
-    create_database(pg_admin, dw_db, template=pg_template)
-    create_database(pg_admin, dagster_db)
-    home = root / "dagster-home"
-    home.mkdir()
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")  # the shipped instance
     contracts_dir = root / "datasets"
     contracts_dir.mkdir()
-    dw_env = {
-        "DW_HOME": str(root / "dw-home"),
-        "DW_DATABASE_URL": database_url(pg_server_url, dw_db),
-        "DW_LANDING_ROOT": str(realdata.files_root()),
-        "DW_DATASETS_PATH": str(contracts_dir),
-        "DW_SENSOR_INTERVAL_SECONDS": "1",
-        "DW_RECONCILE_INTERVAL_SECONDS": "5",
-    }
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("DW_")},
-        **dw_env,
-        "DAGSTER_HOME": str(home),
-        # dagster-postgres speaks psycopg2 and wants a plain postgresql:// URL.
-        "DAGSTER_PG_URL": sa.make_url(database_url(pg_server_url, dagster_db))
-        .set(drivername="postgresql")
-        .render_as_string(hide_password=False),
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    operator = operator_env(
+        pg_admin, pg_server_url, pg_template, root, "real",
+        DW_LANDING_ROOT=str(realdata.files_root()),
+        DW_DATASETS_PATH=str(contracts_dir),
+    )  # fmt: skip
+    home, dw_env, env = operator.home, operator.dw_env, operator.env
     by_name = {case.dataset: case for case in CASES}
 
     # The code location reads the contracts when it loads: draft and check them all first.

@@ -19,8 +19,7 @@ import sqlalchemy as sa
 from dw_pipelines.core.outbox import DwIngestionJobQueue
 from dw_pipelines.services import build_queue
 from dw_pipelines.settings import SAMPLES_DIR, Settings
-from dw_pipelines_tests.conftest import create_database, database_url
-from dw_pipelines_tests.ui_support import BIN, REPO_ROOT, DagsterStack, free_port
+from dw_pipelines_tests.ui_support import REPO_ROOT, DagsterStack, free_port, operator_env
 
 pytestmark = pytest.mark.slow
 
@@ -48,32 +47,14 @@ def stack(
     pg_admin: sa.Engine, pg_server_url: str, pg_template: str, tmp_path_factory
 ) -> Iterator[tuple[DagsterStack, DwIngestionJobQueue, Path]]:
     root = tmp_path_factory.mktemp("ui")
-    dw_db, dagster_db = f"{pg_template}_ui_dw", f"{pg_template}_ui_dagster"
-    create_database(pg_admin, dw_db, template=pg_template)
-    create_database(pg_admin, dagster_db)
-    home = root / "dagster-home"
-    home.mkdir()
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")  # the shipped instance
     landing = root / "landing"
     landing.mkdir()
-    dw_env = {
-        "DW_HOME": str(root / "dw-home"),
-        "DW_DATABASE_URL": database_url(pg_server_url, dw_db),
-        "DW_LANDING_ROOT": os.pathsep.join([str(landing), str(SAMPLES_DIR)]),
-        "DW_SENSOR_INTERVAL_SECONDS": "1",
-        "DW_RECONCILE_INTERVAL_SECONDS": "5",
-        "DW_HEALTH_INTERVAL_SECONDS": "2",
-    }
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("DW_")},
-        **dw_env,
-        "DAGSTER_HOME": str(home),
-        # dagster-postgres speaks psycopg2 and wants a plain postgresql:// URL.
-        "DAGSTER_PG_URL": sa.make_url(database_url(pg_server_url, dagster_db))
-        .set(drivername="postgresql")
-        .render_as_string(hide_password=False),
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    operator = operator_env(
+        pg_admin, pg_server_url, pg_template, root, "ui",
+        DW_LANDING_ROOT=os.pathsep.join([str(landing), str(SAMPLES_DIR)]),
+        DW_HEALTH_INTERVAL_SECONDS="2",
+    )  # fmt: skip
+    home, dw_env, env = operator.home, operator.dw_env, operator.env
     dagster = DagsterStack(home=home, env=env, port=free_port(), logs=root / "logs")
     queue = build_queue(Settings.from_env(dw_env))
     try:

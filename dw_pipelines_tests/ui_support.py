@@ -5,6 +5,7 @@ on the shipped `dagster.yaml` (Postgres-backed instance, queued coordinator with
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,8 +18,59 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
+from dw_pipelines_tests.conftest import create_database, database_url
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class OperatorEnv:
+    """The environment of an operator's stack: `dw_env` is the worker's `DW_*` settings,
+    `env` what the Dagster processes and the CLI run with (`dw_env`, the instance folder with
+    the shipped `dagster.yaml`, its Postgres storage, this venv's commands first on PATH)."""
+
+    home: Path
+    dw_env: dict[str, str]
+    env: dict[str, str]
+
+
+def operator_env(
+    pg_admin: sa.Engine,
+    pg_server_url: str,
+    pg_template: str,
+    root: Path,
+    name: str,
+    **dw: str,
+) -> OperatorEnv:
+    """Fresh databases (`<template>_<name>_dw` migrated, `<template>_<name>_dagster` empty) and
+    the environment of a stack on them; `dw` adds or overrides `DW_*` settings."""
+    dw_db, dagster_db = f"{pg_template}_{name}_dw", f"{pg_template}_{name}_dagster"
+    create_database(pg_admin, dw_db, template=pg_template)
+    create_database(pg_admin, dagster_db)
+    home = root / "dagster-home"
+    home.mkdir()
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")  # the shipped instance
+    dw_env = {
+        "DW_HOME": str(root / "dw-home"),
+        "DW_DATABASE_URL": database_url(pg_server_url, dw_db),
+        "DW_SENSOR_INTERVAL_SECONDS": "1",
+        "DW_RECONCILE_INTERVAL_SECONDS": "5",
+        **dw,
+    }
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DW_")},
+        **dw_env,
+        "DAGSTER_HOME": str(home),
+        # dagster-postgres speaks psycopg2 and wants a plain postgresql:// URL.
+        "DAGSTER_PG_URL": sa.make_url(database_url(pg_server_url, dagster_db))
+        .set(drivername="postgresql")
+        .render_as_string(hide_password=False),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    return OperatorEnv(home, dw_env, env)
 
 
 def free_port() -> int:
