@@ -488,6 +488,158 @@ def datasets_list(as_json: bool) -> None:
     click.echo(format_table(["dataset", "status", "mode", "key", "columns"], rows))
 
 
+def _plan_lines(plan_document: dict[str, Any]) -> list[str]:
+    """A plan as an operator reads it: one line per change, then the DDL."""
+    status = plan_document["status"]
+    current = plan_document["current_version"]
+    head = f"{plan_document['dataset']}: "
+    if status == "up_to_date":
+        return [head + f"up to date (schema version {current})"]
+    verdicts = {
+        "new": "new tables, created by the first job",
+        "safe": "safe: the next job applies it",
+        "unsafe": f"UNSAFE: jobs fail until `{plan_document['command']}`",
+    }
+    versions = f"version {current or '-'} -> {plan_document['next_version'] or current}"
+    lines = [head + f"{versions}, {verdicts[status]}"]
+    for change in plan_document["changes"]:
+        mark = "ok    " if change["safe"] else "UNSAFE"
+        what = change["kind"] + (f" {change['column']}" if change["column"] else "")
+        if change["from"] is not None and change["to"] is not None:
+            what += f": {change['from']} -> {change['to']}"
+        elif change["to"] is not None:
+            what += f" ({change['to']})"
+        lines.append(f"  {mark} {what}: {change['reason']}")
+    if plan_document["ddl"]:
+        lines.append("  DDL:")
+        for statement in plan_document["ddl"]:
+            lines += [f"    {line}" for line in statement.splitlines()]
+    return lines
+
+
+@datasets.command(
+    "plan",
+    help=(
+        "Show what each dataset's storage needs to match its contract (or DATASET's only): "
+        "every change, whether jobs apply it themselves (safe) or an operator must "
+        "(`datasets migrate --allow-destructive`), and the DDL. Changes nothing."
+    ),
+)
+@click.argument("dataset", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the plans as a JSON list.")
+@_errors_to_exit_code
+def datasets_plan(dataset: str | None, as_json: bool) -> None:
+    from dw_pipelines.services import build_service, dispose
+
+    service = build_service(_settings())
+    try:
+        contracts = [service.contracts.get(dataset)] if dataset else list(service.contracts)
+        plans = [service.warehouse.plan(c).to_dict() for c in contracts]
+    finally:
+        dispose(service)
+    if as_json:
+        _print_json(plans)
+        return
+    for plan_document in plans:
+        click.echo("\n".join(_plan_lines(plan_document)))
+
+
+@datasets.command(
+    "migrate",
+    help=(
+        "Apply DATASET's plan now: show it, ask, then apply it in one transaction under the "
+        "warehouse's DDL lock and record the new schema version with the operator. An unsafe "
+        "plan (drop, rename, narrowing, new key or write mode) needs --allow-destructive."
+    ),
+)
+@click.argument("dataset")
+@click.option(
+    "--allow-destructive",
+    is_flag=True,
+    help="Apply changes that can lose data or break readers (they are shown first).",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--operator",
+    default=lambda: getpass.getuser(),
+    show_default="the current user",
+    help="Who applies the change (recorded with the schema version).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan and the outcome as JSON.")
+@_errors_to_exit_code
+def datasets_migrate(
+    dataset: str, allow_destructive: bool, yes: bool, operator: str, as_json: bool
+) -> None:
+    from dw_pipelines.core.errors import ConfigurationError
+    from dw_pipelines.services import build_service, dispose
+
+    service = build_service(_settings())
+    try:
+        contract = service.contracts.get(dataset)
+        shown = service.warehouse.plan(contract)
+        document = shown.to_dict()
+        if not as_json:
+            click.echo("\n".join(_plan_lines(document)))
+        if shown.up_to_date:
+            if as_json:
+                _print_json(
+                    {"plan": document, "applied": False, "version": document["current_version"]}
+                )
+            return
+        if not shown.safe and not allow_destructive:
+            raise ConfigurationError(
+                f"dataset '{dataset}': the plan has unsafe changes (marked UNSAFE); nothing was "
+                "applied. Re-run with --allow-destructive to apply them"
+            )
+        if not yes:
+            click.confirm(f"Apply this plan to dataset '{dataset}'?", abort=True, err=True)
+        _, version = service.warehouse.migrate(
+            contract,
+            applied_by=f"{operator} (datasets migrate)",
+            allow_destructive=allow_destructive,
+            expected=shown,
+        )
+    finally:
+        dispose(service)
+    if as_json:
+        _print_json({"plan": document, "applied": True, "version": version})
+    else:
+        click.echo(f"applied: dataset '{dataset}' is at schema version {version}")
+
+
+@datasets.command(
+    "history", help="List DATASET's schema versions: when, by whom, what changed, the DDL."
+)
+@click.argument("dataset")
+@click.option("--json", "as_json", is_flag=True, help="Print the versions as a JSON list.")
+@_errors_to_exit_code
+def datasets_history(dataset: str, as_json: bool) -> None:
+    from dw_pipelines.services import build_service, dispose
+
+    service = build_service(_settings())
+    try:
+        service.contracts.get(dataset)
+        versions = service.warehouse.evolution.history(dataset)
+    finally:
+        dispose(service)
+    if as_json:
+        _print_json(versions)
+        return
+    rows = [
+        [
+            v["version"],
+            str(v["applied_at"])[:19],
+            v["applied_by"],
+            "yes" if v["destructive"] else "",
+            "; ".join(c["kind"] + (f" {c['column']}" if c["column"] else "") for c in v["changes"])[
+                :80
+            ],
+        ]
+        for v in versions
+    ]
+    click.echo(format_table(["version", "applied at", "by", "destructive", "changes"], rows))
+
+
 @datasets.command(
     "infer",
     help=(

@@ -25,6 +25,7 @@ from dw_pipelines.definitions import build_definitions
 from dw_pipelines.services import build_service, dispose
 from dw_pipelines.settings import SAMPLES_DIR, TAG_JOB_ID
 from dw_pipelines_tests.conftest import SESSION_PREFIX, create_database, database_url
+from dw_pipelines_tests.test_contract_evolution import BASE, DATASET, Evolving, edited, first_load
 
 ROLE = "dw_worker"
 ROLES_SQL = Path(__file__).resolve().parents[1] / "deploy" / "sql" / "roles.sql"
@@ -380,7 +381,8 @@ def test_append_merge_upsert_and_prune_as_dw_worker_who_owns_its_tables(worker_d
                 )
             ).all()
         )
-    # Per-dataset tables and the load history; the jobs' staging partitions are gone.
+    # Per-dataset tables, the load history and the schema versions; the jobs' staging
+    # partitions are gone.
     assert owners == {
         **{
             f"{schema}.{dataset}": ROLE
@@ -388,6 +390,7 @@ def test_append_merge_upsert_and_prune_as_dw_worker_who_owns_its_tables(worker_d
             for dataset in ("orders", "customers")
         },
         "dw_storage._dw_loads": ROLE,
+        "dw_storage._dw_schema_versions": ROLE,
     }
     assert not can_create_in_database()
 
@@ -540,3 +543,134 @@ def test_worker_cannot_connect_to_another_database(worker_db, engines, pg_admin,
     finally:
         with pg_admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# ------------------------------------------------- contract evolution: migrations and grants
+
+TABLES = (
+    "dw_storage.events",
+    "dw_staging.events",
+    "dw_storage._dw_loads",
+    "dw_storage._dw_schema_versions",
+    "public.dw_ingestion_outbox",
+    "public.dw_ingestion_audit",
+)
+PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+
+
+def role_privileges(admin: sa.Engine, roles: list[str]) -> dict:
+    """Every table privilege of the roles on the tables a migration could touch, and owners."""
+    found = {}
+    with admin.connect() as conn:
+        for role in roles:
+            for table in TABLES:
+                for privilege in PRIVILEGES:
+                    found[(role, table, privilege)] = conn.execute(
+                        sa.text("SELECT has_table_privilege(:r, :t, :p)"),
+                        {"r": role, "t": table, "p": privilege},
+                    ).scalar_one()
+        for schema, table, owner in conn.execute(
+            sa.text(
+                "SELECT schemaname, tablename, tableowner FROM pg_tables"
+                " WHERE schemaname IN ('dw_storage', 'dw_staging')"
+            )
+        ):
+            found[("owner", f"{schema}.{table}")] = owner
+    return found
+
+
+@pytest.fixture
+def reader_role(worker_db, engines):
+    """A BI reader: USAGE on dw_storage, SELECT granted on a dataset by its owner."""
+    import secrets
+
+    name = f"dw_reader_{secrets.token_hex(4)}"
+    admin = engines(worker_db.admin_url)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE ROLE {name} NOLOGIN"))
+        conn.execute(sa.text(f"GRANT USAGE ON SCHEMA dw_storage TO {name}"))
+    yield name
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP OWNED BY {name}"))
+        conn.execute(sa.text(f"DROP ROLE {name}"))
+
+
+def test_migrations_keep_every_privilege_of_the_worker_and_reader_roles(
+    worker_db,
+    reader_role: str,
+    engines,
+    dw_env,
+    tmp_path: Path,
+) -> None:
+    """As shipped (roles.sql), the worker owns the tables it created and migrates them itself:
+    a safe change by its next job, an unsafe one by `datasets migrate`. Neither changes what
+    dw_worker or a reader may do."""
+    admin = engines(worker_db.admin_url)
+    env = Evolving(worker_db.url, tmp_path, dw_env)
+    try:
+        first_load(env)
+        with engines(worker_db.url).connect() as conn:  # the owner grants its readers
+            conn.execute(sa.text(f"GRANT SELECT ON dw_storage.events TO {reader_role}"))
+        before = role_privileges(admin, [ROLE, reader_role])
+        assert before[(reader_role, "dw_storage.events", "SELECT")] is True
+        assert before[("owner", "dw_storage.events")] == ROLE
+
+        extra = {"name": "extra", "type": "string"}
+        service = env.use(edited(add_extra=extra))
+        env.load(service, "id,qty,price,day,label,note,extra\n3,7,2,,c,z,e\n", "run-2")
+        env.use(edited(add_extra=extra, note=None, qty={"type": "float64"}))
+        migrated = env.cli("datasets", "migrate", DATASET, "--allow-destructive", "--yes")
+        assert migrated.exit_code == 0, migrated.output
+
+        assert [v["version"] for v in env.versions(service)] == [1, 2, 3]
+        assert role_privileges(admin, [ROLE, reader_role]) == before
+        with admin.connect() as conn:
+            reads_new_column = conn.execute(
+                sa.text("SELECT has_column_privilege(:r, 'dw_storage.events', 'extra', 'SELECT')"),
+                {"r": reader_role},
+            ).scalar_one()
+        assert reads_new_column is True
+    finally:
+        env.close()
+
+
+def test_tables_the_worker_does_not_own_are_migrated_by_their_owner(
+    worker_db,
+    engines,
+    dw_env,
+    tmp_path: Path,
+) -> None:
+    """A storage table an administrator created (restored from a backup, say): the worker loads
+    into it, but its job cannot change it and says who must."""
+    (tmp_path / "admin").mkdir()
+    admin_env = Evolving(worker_db.admin_url, tmp_path / "admin", dw_env)
+    try:
+        first_load(admin_env)  # storage created, and owned, by the administrator
+    finally:
+        admin_env.close()
+    with engines(worker_db.admin_url).connect() as conn:
+        conn.execute(sa.text("DROP TABLE dw_staging.events"))  # the worker makes its own
+    env = Evolving(worker_db.url, tmp_path, dw_env)
+    try:
+        env.load(env.use(BASE), "id,qty,price,day,label,note\n3,7,2,,c,z\n", "run-2")
+        contract = edited(add_extra={"name": "extra", "type": "string"})
+        service = env.use(contract)
+        job = env.enqueue(service, "id,qty,price,day,label,note,extra\n4,7,2,,c,z,e\n")
+        with pytest.raises(Exception) as refused:
+            env.run_job(service, job.job_id, "run-3")
+        assert "only a table's owner may" in str(refused.value)
+        assert "dw-pipelines datasets migrate events" in str(refused.value)
+        assert service.queue.get(job.job_id).status == "FAILED"
+        assert "extra" not in env.columns(service)
+
+        admin_env.use(contract)  # the administrator applies it
+        applied = admin_env.cli("datasets", "migrate", DATASET, "--yes")
+        assert applied.exit_code == 0, applied.output
+
+        worker = env.use(contract)
+        worker.queue.requeue(job.job_id, "run-4", "alice")
+        env.run_job(worker, job.job_id, "run-4")
+        assert worker.queue.get(job.job_id).status == "COMPLETED"
+        assert env.rows(worker)[-1]["extra"] == "e"
+    finally:
+        env.close()

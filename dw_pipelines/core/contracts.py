@@ -15,19 +15,30 @@ Contract file format::
     primary_key: [Sample Number]    # columns by their file name (or warehouse name); may be
                                     # empty for append
     match: exact                    # or case_insensitive: headers matched ignoring case
+    extra_columns: fail             # or ignore: file columns the contract does not declare
+    missing_columns: fail           # or null: nullable columns absent from a file load as NULL
     columns:
       - {name: Sample Number, type: int64, nullable: false}    # stored as sample_number
       - {name: "Culmen Length (mm)", type: float64}            # stored as culmen_length_mm
       - {name: "", column: row_name, type: string}             # an empty header needs column:
+      - {name: Island, type: string, nullable: false, default: unknown}  # stored rows get it
+      - {name: Bill Depth, type: float64, renamed_from: culmen_depth_mm} # keeps the old data
     csv: {delimiter: ",", null_values: ["", NA], encoding: utf-8}   # optional
     freshness: {max_age_hours: 26}  # optional: storage is stale when no job landed for longer
 
 Contracts load one file at a time (`ContractRegistry.from_directories`): a broken file is a
 problem of its own dataset only, reported with its file, field path and reason, while every
 other dataset keeps working.
+
+`default:` and `renamed_from:` describe how storage follows a changed contract
+(`core.evolution`): a column added to a dataset that already has rows gets `default` in those
+rows (NULL without one), and `renamed_from` names the warehouse column a column used to be
+stored as, so that a rename keeps its data instead of dropping one column and adding another.
 """
 
 import codecs
+import datetime as dt
+import decimal
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +59,8 @@ _DECIMAL_PATTERN = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
 SIMPLE_TYPES = ("string", "int64", "float64", "bool", "date", "timestamp")
 TYPE_GRAMMAR = "string, int64, float64, bool, date, timestamp, decimal(p,s)"
 MATCH_MODES = ("exact", "case_insensitive")
+EXTRA_COLUMN_POLICIES = ("fail", "ignore")
+MISSING_COLUMN_POLICIES = ("fail", "null")
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,11 @@ class ColumnSpec:
     nullable: bool = True
     description: str | None = None
     source_name: str | None = None
+    # The value rows stored before this column existed get (a Python value of `type`; None:
+    # NULL). Only used when storage gains the column.
+    default: Any = None
+    # The warehouse column this column was stored as before a rename (None: not renamed).
+    renamed_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.source_name is None:
@@ -149,6 +167,10 @@ class DatasetContract:
     path: Path | None = None
     # How a file's column names are compared with the columns' source names.
     match: Literal["exact", "case_insensitive"] = "exact"
+    # Columns of a file that the contract does not declare: refused, or left out of the load.
+    extra_columns: Literal["fail", "ignore"] = "fail"
+    # Nullable contract columns a file does not have: refused, or loaded as NULL.
+    missing_columns: Literal["fail", "null"] = "fail"
 
     @property
     def required_columns(self) -> list[str]:
@@ -228,6 +250,9 @@ class _ColumnModel(BaseModel):
     type: str
     nullable: bool = True
     description: str | None = None
+    # Any: YAML reads `default: 2026-01-01` as a date and `default: 0` as an int.
+    default: Any = None
+    renamed_from: str | None = None
 
     @field_validator("type")
     @classmethod
@@ -289,6 +314,8 @@ class _ContractModel(BaseModel):
     primary_key: list[str]
     write_mode: Literal["append", "merge"]
     match: Literal["exact", "case_insensitive"] = "exact"
+    extra_columns: Literal["fail", "ignore"] = "fail"
+    missing_columns: Literal["fail", "null"] = "fail"
     description: str | None = None
     owner: str | None = None
     csv: _CsvModel = Field(default_factory=_CsvModel)
@@ -427,6 +454,104 @@ def _resolve_key(
     return tuple(key), problems
 
 
+def decimal_fits(value: decimal.Decimal, column_type: ColumnType) -> bool:
+    """Whether `value` is stored in `column_type` (a decimal) exactly, without rounding."""
+    if not value.is_finite():
+        return False
+    _sign, digits, exponent = value.normalize().as_tuple()
+    assert isinstance(exponent, int)
+    scale = max(-exponent, 0)
+    integer_digits = max(len(digits) + exponent, 0) if any(digits) else 0
+    return scale <= (column_type.scale or 0) and integer_digits <= (
+        (column_type.precision or 0) - (column_type.scale or 0)
+    )
+
+
+def parse_default(value: Any, column_type: ColumnType) -> Any:
+    """A column's `default:` as a Python value of its type (raises ValueError saying why not).
+
+    YAML has already typed some values (`0`, `true`, `2026-01-01`); anything else is text and is
+    read as a file's value would be in ISO form. Timestamps without a zone are UTC, as in files.
+    """
+    if value is None:
+        return None
+    name = column_type.name
+    if isinstance(value, bool) != (name == "bool"):
+        raise ValueError(f"{value!r} is not a {column_type} value")
+    text = value.isoformat() if isinstance(value, (dt.date, dt.datetime)) else str(value).strip()
+    try:
+        if name == "string":
+            return str(value)
+        if name == "bool":
+            return value
+        if name == "int64":
+            number = int(text)
+            if not -(2**63) <= number < 2**63:
+                raise ValueError
+            return number
+        if name == "float64":
+            return float(text)
+        if name == "decimal":
+            number = decimal.Decimal(text)
+            if not decimal_fits(number, column_type):
+                raise ValueError
+            return number
+        if name == "date":
+            if isinstance(value, dt.datetime):
+                raise ValueError
+            return dt.date.fromisoformat(text)
+        stamp = dt.datetime.fromisoformat(text)
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=dt.UTC)
+        return stamp.astimezone(dt.UTC)
+    except (ValueError, ArithmeticError):
+        raise ValueError(f"{value!r} is not a {column_type} value") from None
+
+
+def _column_evolution(
+    model: _ContractModel, names: list[str | None]
+) -> tuple[list[Any], list[str | None], list[tuple[str, str]]]:
+    """Each column's parsed `default:` and `renamed_from:` (as a warehouse name), and problems."""
+    defaults: list[Any] = []
+    renamed: list[str | None] = []
+    problems: list[tuple[str, str]] = []
+    for index, column in enumerate(model.columns):
+        where = f"columns[{index}]"
+        try:
+            defaults.append(parse_default(column.default, ColumnType.parse(column.type)))
+        except ValueError as exc:
+            problems.append((f"{where}.default", str(exc)))
+            defaults.append(None)
+        old = column.renamed_from
+        if old is None:
+            renamed.append(None)
+            continue
+        if not IDENTIFIER_PATTERN.fullmatch(old):
+            try:
+                old = naming.snake_case(old)
+            except naming.NamingError as exc:
+                problems.append((f"{where}.renamed_from", str(exc)))
+                renamed.append(None)
+                continue
+        if old == names[index]:
+            problems.append((f"{where}.renamed_from", f"'{old}' is this column's own name"))
+            old = None
+        elif old in names:
+            problems.append(
+                (
+                    f"{where}.renamed_from",
+                    f"'{old}' is still a column of this contract; a renamed column's old name "
+                    "must be gone",
+                )
+            )
+            old = None
+        elif old in renamed:
+            problems.append((f"{where}.renamed_from", f"'{old}' is renamed by two columns"))
+            old = None
+        renamed.append(old)
+    return defaults, renamed, problems
+
+
 def parse_contract(data: object, path: Path | None = None) -> DatasetContract:
     """Validate one contract document.
 
@@ -447,7 +572,8 @@ def parse_contract(data: object, path: Path | None = None) -> DatasetContract:
         problems.append(("name", f"name '{model.name}' must match the file name"))
     names, column_problems = _warehouse_columns(model)
     key, key_problems = _resolve_key(model, names)
-    problems += column_problems + key_problems
+    defaults, renamed, evolution_problems = _column_evolution(model, names)
+    problems += column_problems + key_problems + evolution_problems
     warehouse_names = [n for n in names if n is not None]
     if problems or len(warehouse_names) != len(model.columns):
         raise ContractFileError(path, dataset, problems)
@@ -461,8 +587,12 @@ def parse_contract(data: object, path: Path | None = None) -> DatasetContract:
                 nullable=c.nullable,
                 description=c.description,
                 source_name=c.name.strip(),
+                default=default,
+                renamed_from=old,
             )
-            for c, warehouse in zip(model.columns, warehouse_names, strict=True)
+            for c, warehouse, default, old in zip(
+                model.columns, warehouse_names, defaults, renamed, strict=True
+            )
         ),
         primary_key=key,
         write_mode=model.write_mode,
@@ -480,6 +610,8 @@ def parse_contract(data: object, path: Path | None = None) -> DatasetContract:
         freshness_max_age_hours=model.freshness.max_age_hours if model.freshness else None,
         path=path,
         match=model.match,
+        extra_columns=model.extra_columns,
+        missing_columns=model.missing_columns,
     )
 
 

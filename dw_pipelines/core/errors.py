@@ -83,6 +83,21 @@ class SchemaNotReady(DwError):
         )
 
 
+class SchemaChangeRequired(ConfigurationError):
+    """A dataset's storage needs a change that is never applied on its own (a drop, a rename, a
+    narrowing, a new key): every job of the dataset fails at once until an operator applies it.
+
+    Attributes:
+        dataset: the dataset.
+        plan: the `core.evolution.Plan` with the changes and the DDL.
+    """
+
+    def __init__(self, dataset: str, plan: object, message: str):
+        super().__init__(message)
+        self.dataset = dataset
+        self.plan = plan
+
+
 class TransientError(DwError):
     """Worth retrying: the same operation may succeed later."""
 

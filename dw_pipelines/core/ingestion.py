@@ -25,6 +25,7 @@ from dw_pipelines.core.landing import LandingZone
 from dw_pipelines.core.outbox import PROMOTED, STAGED, DwIngestionJobQueue, OutboxJob
 from dw_pipelines.core.readers import (
     DEFAULT_BLOCK_BYTES,
+    ColumnReport,
     SourceFile,
     open_source,
     read_batches,
@@ -58,6 +59,11 @@ class StageResult:
     source_changed: bool | None = None
     # The file's first rows as loaded (for the UI's preview; never written to the audit trail).
     preview: tuple[dict[str, Any], ...] = ()
+    # What the contract's column policies did, by the file's column names: columns left out
+    # (`extra_columns: ignore`, file order) and columns loaded as NULL (`missing_columns: null`,
+    # contract order).
+    ignored_columns: tuple[str, ...] = ()
+    missing_columns: tuple[str, ...] = ()
 
     def details(self) -> dict[str, Any]:
         details = {
@@ -71,6 +77,10 @@ class StageResult:
         }
         if self.source_changed is not None:
             details["source_changed"] = self.source_changed
+        if self.ignored_columns:
+            details["ignored_columns"] = list(self.ignored_columns)
+        if self.missing_columns:
+            details["missing_columns"] = list(self.missing_columns)
         return details
 
 
@@ -85,12 +95,14 @@ class PromoteResult:
     deleted: int  # rows removed first (append: the job's previous load; merge: changed rows)
     seconds: float
     strategy: str = "insert"  # how storage was written: append "insert"; merge "in-place"/"rewrite"
+    schema_version: int | None = None  # the dataset's schema version storage had (core.evolution)
 
     def details(self) -> dict[str, Any]:
         return {
             "rows": self.rows,
             "write_mode": self.write_mode,
             "strategy": self.strategy,
+            "schema_version": self.schema_version,
             "inserted": self.inserted,
             "deleted": self.deleted,
             "seconds": round(self.seconds, 3),
@@ -175,7 +187,7 @@ class IngestionService:
         source = open_source(self.landing.resolve(command.source_uri), command.format, contract.csv)
         batches = 0
         keys = KeyTracker(contract.primary_key)
-
+        columns = ColumnReport()
         preview: list[dict[str, Any]] = []
 
         def conformed() -> Iterator[pa.RecordBatch]:
@@ -183,7 +195,7 @@ class IngestionService:
             first_row = 1
             # A block must hold the largest row a file may have (rows up to ~2 values' limit).
             block_bytes = max(DEFAULT_BLOCK_BYTES, 2 * self.max_value_bytes)
-            for raw in read_batches(source, contract, self.batch_rows, block_bytes):
+            for raw in read_batches(source, contract, self.batch_rows, block_bytes, columns):
                 batch = conform_batch(raw, contract, source, first_row, self.max_value_bytes)
                 first_row += batch.num_rows
                 batches += 1
@@ -216,6 +228,8 @@ class IngestionService:
             fingerprint=source.fingerprint,
             source_changed=None if previous is None else previous != source.fingerprint,
             preview=tuple(preview),
+            ignored_columns=columns.ignored,
+            missing_columns=columns.missing,
         )
         self.queue.record_step(job.job_id, run_id, STAGED, result.details())
         return result
@@ -264,6 +278,7 @@ class IngestionService:
             deleted=counts.deleted,
             seconds=time.monotonic() - started,
             strategy=counts.strategy,
+            schema_version=self.warehouse.schema_version(contract),
         )
         self.queue.record_step(job_id, run_id, PROMOTED, result.details())
         self.queue.complete(job_id, run_id, rows_loaded=counts.rows, details=result.details())

@@ -25,12 +25,12 @@ import sqlalchemy as sa
 
 from dw_pipelines.core.contracts import DatasetContract
 from dw_pipelines.core.db import as_utc
-from dw_pipelines.core.warehouse import (
+from dw_pipelines.core.tables import (
     JOB_ID_COLUMN,
     LOADED_AT_COLUMN,
     TENANT_COLUMN,
-    Warehouse,
 )
+from dw_pipelines.core.warehouse import Warehouse
 
 ROWS_MATCH_SOURCE = "rows_match_source"
 PRIMARY_KEY_UNIQUE = "primary_key_unique"

@@ -7,7 +7,10 @@ as stored. `validation.conform_batch` then casts each batch to the contract's sc
 Each reader matches the file's column names (header, keys, Parquet fields) to the contract's
 source names before the first batch (`match_header`), and yields the contract's columns in
 contract order under their warehouse names: from here on only warehouse names are used. Parser
-errors become `ContractViolation`/`SourceError` that name the file and the line.
+errors become `ContractViolation`/`SourceError` that name the file and the line. A contract may
+accept a file whose columns differ: `extra_columns: ignore` leaves the undeclared ones out (not
+even read where the format can select columns), `missing_columns: null` makes each nullable one
+the file lacks a typed NULL column; `read_batches` reports both in a `ColumnReport`.
 
 JSON comes as JSON Lines (`jsonl`) or as `json`: one array of objects, read streaming through
 `core.jsonarray` (or JSON Lines, when the file starts with an object).
@@ -426,19 +429,44 @@ def _let_go_at_exit() -> None:
         handoff.wait(deadline - time.monotonic())
 
 
+@dataclass
+class ColumnReport:
+    """What the contract's column policies did to one file, for the job's audit trail.
+
+    `read_batches` fills it in once it has matched the file's columns, before the first batch.
+
+    Attributes:
+        ignored: the file's columns left out of the load (`extra_columns: ignore`), as the file
+            names them, in file order. For JSON, the undeclared keys of the first record: each
+            record has its own keys, and Arrow's parser drops undeclared ones without naming
+            them.
+        missing: the contract columns the file lacks, loaded as NULL (`missing_columns: null`),
+            by their file name, in contract order. Never for JSON, whose absent keys are NULL
+            under either policy.
+    """
+
+    ignored: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+
+
 def read_batches(
     source: SourceFile,
     contract: DatasetContract,
     batch_rows: int,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
+    report: ColumnReport | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Yield the file's rows as record batches with the contract's column names, in order."""
+    """Yield the file's rows as record batches with the contract's column names, in order.
+
+    `report`, when given, is told which file columns were left out or filled with NULL.
+    """
+    report = report if report is not None else ColumnReport()
     if source.format == "csv":
-        yield from _read_csv(source, contract, batch_rows, block_bytes)
+        yield from _read_csv(source, contract, batch_rows, block_bytes, report)
     elif source.format == "parquet":
-        yield from _read_parquet(source, contract, batch_rows)
+        yield from _read_parquet(source, contract, batch_rows, report)
     elif source.format in ("jsonl", "json"):
-        yield from _read_jsonl(source, contract, batch_rows, block_bytes)
+        yield from _read_jsonl(source, contract, batch_rows, block_bytes, report)
     else:  # guarded by command validation; kept for callers that skip it
         raise SourceError(f"{source.name}: unsupported format '{source.format}'")
     if source.obj is not None:
@@ -451,19 +479,39 @@ class HeaderMatch:
     """Where a file holds the contract's columns.
 
     Attributes:
-        names: the file's own spelling of each contract column, in contract order.
-        positions: each contract column's index among the file's columns.
+        names: the file's own spelling of each contract column it has, in contract order.
+        positions: each contract column's index among the file's columns; None for a column
+            the file lacks, loaded as NULL (`missing_columns: null`).
         unnamed_trailing: indexes of trailing columns without a header (a delimiter at the end
             of every line, as spreadsheet exports write): read, and required to be empty.
+        ignored: the file's columns the contract does not declare, left out of the load
+            (`extra_columns: ignore`), as the file names them, in file order.
+        missing: the contract columns the file lacks (`missing_columns: null`), in contract
+            order.
     """
 
     names: list[str]
-    positions: list[int]
+    positions: list[int | None]
     unnamed_trailing: list[int]
+    ignored: list[str] = field(default_factory=list)
+    missing: list[ColumnSpec] = field(default_factory=list)
+
+    def report_to(self, report: ColumnReport) -> None:
+        report.ignored = tuple(self.ignored)
+        report.missing = tuple(c.source for c in self.missing)
+
+    def positions_in(self, read: list[int]) -> list[int | None]:
+        """Each contract column's index in batches that hold only the file columns `read`, in
+        that order (None: a missing column)."""
+        at = {index: n for n, index in enumerate(read)}
+        return [None if p is None else at[p] for p in self.positions]
 
 
 def _quoted(names: Iterable[str]) -> str:
     return ", ".join(f"'{name}'" for name in names) or "none"
+
+
+_IGNORE_HINT = "set `extra_columns: ignore` in the contract to load the file without them"
 
 
 def match_header(
@@ -475,8 +523,10 @@ def match_header(
     """Match the file's column names (header, keys, Parquet fields) to the contract's columns.
 
     Names are compared without surrounding whitespace (`" Name "` is `Name`) and, under
-    `match: case_insensitive`, ignoring case. Missing, unexpected and repeated columns are
-    refused with the file's and the contract's names.
+    `match: case_insensitive`, ignoring case. Repeated columns are refused, and so are
+    unexpected and missing ones unless the contract's `extra_columns: ignore` and
+    `missing_columns: null` accept them (a missing column that is `nullable: false` is always
+    refused), each with the file's and the contract's names.
     """
     fold = str.casefold if contract.match == "case_insensitive" else str
 
@@ -506,23 +556,52 @@ def match_header(
         )
     wanted = {key(c.source): c for c in contract.columns}
     missing = [c for c in contract.columns if key(c.source) not in positions_by_key]
-    if missing:
+    refused = missing
+    if contract.missing_columns == "null":
+        refused = [c for c in missing if not c.nullable]
+    if refused:
         raise ContractViolation(
-            f"missing column(s) {_labels(missing)}; the file has "
-            f"{_quoted(found[i] for i in considered)}",
+            f"missing column(s) {_labels(refused)}; the file has "
+            f"{_quoted(found[i] for i in considered)}{_missing_hint(contract, refused)}",
             source=source.name,
             line=line,
         )
-    unexpected = [found[i] for i in considered if key(found[i]) not in wanted]
-    if unexpected:
+    unexpected = [i for i in considered if key(found[i]) not in wanted]
+    if unexpected and contract.extra_columns == "fail":
         raise ContractViolation(
-            f"unexpected column(s) {_quoted(unexpected)}; dataset '{contract.name}' "
-            f"declares {_quoted(contract.source_names)}",
+            f"unexpected column(s) {_quoted(found[i] for i in unexpected)}; dataset "
+            f"'{contract.name}' declares {_quoted(contract.source_names)}; {_IGNORE_HINT}",
             source=source.name,
             line=line,
         )
-    positions = [positions_by_key[key(c.source)][0] for c in contract.columns]
-    return HeaderMatch([found[i] for i in positions], positions, unnamed_trailing)
+    if len(missing) == len(contract.columns):
+        # Both policies together would load any file at all, as rows of NULLs.
+        raise ContractViolation(
+            f"the file has none of the columns dataset '{contract.name}' declares "
+            f"({_quoted(contract.source_names)}); it has {_quoted(found[i] for i in considered)}",
+            source=source.name,
+            line=line,
+        )
+    positions = [positions_by_key.get(key(c.source), [None])[0] for c in contract.columns]
+    return HeaderMatch(
+        names=[found[i] for i in positions if i is not None],
+        positions=positions,
+        unnamed_trailing=unnamed_trailing,
+        ignored=[found[i] for i in unexpected],
+        missing=missing,
+    )
+
+
+def _missing_hint(contract: DatasetContract, refused: list[ColumnSpec]) -> str:
+    """What would accept the file: `missing_columns: null`, which fills nullable columns only."""
+    if contract.missing_columns == "null":
+        return "; `missing_columns: null` does not apply to columns that are nullable: false"
+    if all(not c.nullable for c in refused):
+        return ""  # the option would not help
+    return (
+        "; set `missing_columns: null` in the contract to load nullable columns a file lacks "
+        "as NULL"
+    )
 
 
 def _labels(columns: Iterable[ColumnSpec]) -> str:
@@ -530,34 +609,65 @@ def _labels(columns: Iterable[ColumnSpec]) -> str:
 
 
 def _as_contract_batch(
-    batch: pa.RecordBatch, header: HeaderMatch, contract: DatasetContract
+    batch: pa.RecordBatch, positions: list[int | None], contract: DatasetContract
 ) -> pa.RecordBatch:
-    """The contract's columns of a raw batch, in contract order, named as the warehouse names
-    them (no data is copied)."""
+    """The contract's columns of a raw batch (`positions`: each one's index in it), in contract
+    order, named as the warehouse names them (no data is copied). A column the file lacks is a
+    typed NULL column: validation and the load see an ordinary batch."""
     return pa.RecordBatch.from_arrays(
-        [batch.column(i) for i in header.positions], names=contract.column_names
+        [
+            batch.column(p) if p is not None else pa.nulls(batch.num_rows, spec.type.arrow_type)
+            for p, spec in zip(positions, contract.columns, strict=True)
+        ],
+        names=contract.column_names,
     )
 
 
 def _read_csv(
-    source: SourceFile, contract: DatasetContract, batch_rows: int, block_bytes: int
+    source: SourceFile,
+    contract: DatasetContract,
+    batch_rows: int,
+    block_bytes: int,
+    report: ColumnReport,
 ) -> Iterator[pa.RecordBatch]:
     """CSV batches, every value as text (so a bad value is reported with its row and column).
 
     The file's header decides which text column is which contract column. Arrow needs each
     column's type when it opens the file, keyed by the name the file gives it; the contract's
     spelling is right for nearly every file, so the file is opened once with it and only opened
-    again, with the file's own spelling, when the header differs in case or surrounding blanks.
+    again, with the file's own spelling, when the header differs in case or surrounding blanks
+    or has columns to leave out (`extra_columns: ignore`).
     """
     options = contract.csv
     text_columns = [*contract.source_names, ""]  # "": unnamed trailing columns (must be empty)
     reader = stream = None
     try:
         reader, stream, bad_rows = _open_csv(source, options, text_columns, block_bytes)
-        header = match_header(source, reader.schema.names, contract, allow_unnamed_trailing=True)
-        if any(name not in text_columns for name in header.names):
+        found = reader.schema.names
+        header = match_header(source, found, contract, allow_unnamed_trailing=True)
+        header.report_to(report)
+        read = list(range(len(found)))  # the file's columns each batch holds, in order
+        if header.ignored:
+            # Arrow selects columns by name, and then neither builds nor checks the others. A
+            # blank name may stand for several columns (a blank header in the middle, unnamed
+            # trailing ones): then every column is read, all as text, so none is inferred.
+            selectable = len(set(found)) == len(found)
+            if selectable:
+                kept = [p for p in header.positions if p is not None] + header.unnamed_trailing
+                read = sorted(kept)
+            _close_csv(reader, stream)
+            reader, stream, bad_rows = _open_csv(
+                source,
+                options,
+                [*found, ""],
+                block_bytes,
+                include=[found[i] for i in read] if selectable else None,
+            )
+        elif any(name not in text_columns for name in header.names):
             _close_csv(reader, stream)
             reader, stream, bad_rows = _open_csv(source, options, [*header.names, ""], block_bytes)
+        positions = header.positions_in(read)
+        unnamed = [(read.index(i), i) for i in header.unnamed_trailing]  # (in batch, in file)
         first_row = 1
         while True:
             try:
@@ -569,9 +679,9 @@ def _read_csv(
             except OSError as exc:
                 raise source.io_error(exc) from None
             stream.taken()
-            _check_unnamed_empty(source, batch, header, first_row)
+            _check_unnamed_empty(source, batch, unnamed, first_row)
             first_row += batch.num_rows
-            yield from _rechunk(_as_contract_batch(batch, header, contract), batch_rows)
+            yield from _rechunk(_as_contract_batch(batch, positions, contract), batch_rows)
     finally:
         if reader is not None and stream is not None:
             # Released before the reader closes: its background reads must not wait for a
@@ -584,7 +694,9 @@ def _open_csv(
     options: CsvOptions,
     text_columns: list[str],
     block_bytes: int,
+    include: list[str] | None = None,
 ) -> "tuple[pacsv.CSVStreamingReader, _PacedStream, list[pacsv.InvalidRow]]":
+    """Open the file for streaming, `text_columns` as text; `include`: only these columns."""
     bad_rows: list[pacsv.InvalidRow] = []
 
     def on_invalid_row(row: pacsv.InvalidRow) -> str:
@@ -612,6 +724,7 @@ def _open_csv(
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in text_columns},
+                include_columns=include or [],
                 null_values=list(options.null_values),
                 strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
@@ -634,11 +747,13 @@ def _close_csv(reader: "pacsv.CSVStreamingReader", stream: "_PacedStream") -> No
 
 
 def _check_unnamed_empty(
-    source: SourceFile, batch: pa.RecordBatch, header: HeaderMatch, first_row: int
+    source: SourceFile, batch: pa.RecordBatch, unnamed: list[tuple[int, int]], first_row: int
 ) -> None:
-    """Refuse a value under a trailing column without a header (its data would be lost)."""
-    for index in header.unnamed_trailing:
-        values = batch.column(index)
+    """Refuse a value under a trailing column without a header (its data would be lost).
+
+    `unnamed`: each such column's index in the batch and in the file."""
+    for at_batch, index in unnamed:
+        values = batch.column(at_batch)
         if not pa.types.is_string(values.type):  # no column type: Arrow inferred it
             values = values.cast(pa.string())
         filled = pc.fill_null(pc.not_equal(values, ""), False)
@@ -701,7 +816,7 @@ def _csv_error(
 
 
 def _read_parquet(
-    source: SourceFile, contract: DatasetContract, batch_rows: int
+    source: SourceFile, contract: DatasetContract, batch_rows: int, report: ColumnReport
 ) -> Iterator[pa.RecordBatch]:
     import pyarrow.parquet as pq  # ~9 MB resident: only for Parquet sources
 
@@ -718,11 +833,16 @@ def _read_parquet(
         _close(handle)
         raise source.io_error(exc, "not a readable Parquet file") from None
     try:
-        header = match_header(source, parquet.schema_arrow.names, contract)
+        found = parquet.schema_arrow.names
+        header = match_header(source, found, contract)
+        header.report_to(report)
+        # Only the contract's columns are read (ignored ones are never fetched nor decoded),
+        # in contract order.
+        positions = header.positions_in([p for p in header.positions if p is not None])
         with parquet:
             try:
                 for batch in parquet.iter_batches(batch_size=batch_rows, columns=header.names):
-                    yield pa.RecordBatch.from_arrays(batch.columns, names=contract.column_names)
+                    yield _as_contract_batch(batch, positions, contract)
             except pa.ArrowInvalid as exc:
                 raise SourceError(f"{source.name}: corrupt Parquet data: {exc}") from None
             except OSError as exc:
@@ -818,15 +938,30 @@ def _json_lines(source: SourceFile) -> "tuple[Any, str]":
 
 
 def _read_jsonl(
-    source: SourceFile, contract: DatasetContract, batch_rows: int, block_bytes: int
+    source: SourceFile,
+    contract: DatasetContract,
+    batch_rows: int,
+    block_bytes: int,
+    report: ColumnReport,
 ) -> Iterator[pa.RecordBatch]:
     """JSON Lines and JSON array batches. Keys are matched to the columns' source names; under
-    `match: case_insensitive` the first object's spelling of a key is the file's spelling."""
+    `match: case_insensitive` the first object's spelling of a key is the file's spelling.
+
+    Each record has its own keys: one it lacks is NULL under either `missing_columns` policy
+    (many writers leave out null values). Under `extra_columns: ignore` Arrow's parser skips
+    undeclared keys, which are never converted.
+    """
     stream = None
+    ignore = contract.extra_columns == "ignore"
     try:
         names = contract.source_names
+        first = None
+        if contract.match == "case_insensitive" or ignore:
+            first = _first_json_record(source)
         if contract.match == "case_insensitive":
-            names = _json_key_spelling(source, contract)
+            names = _json_key_spelling(first, contract)
+        if ignore:
+            report.ignored = _ignored_json_keys(source, contract, first, names)
         schema = pa.schema(
             [
                 pa.field(name, _jsonl_read_type(spec.type.arrow_type))
@@ -840,7 +975,8 @@ def _read_jsonl(
                 stream,
                 read_options=pajson.ReadOptions(block_size=block_bytes),
                 parse_options=pajson.ParseOptions(
-                    explicit_schema=schema, unexpected_field_behavior="error"
+                    explicit_schema=schema,
+                    unexpected_field_behavior="ignore" if ignore else "error",
                 ),
             )
         except pa.ArrowInvalid as exc:
@@ -863,17 +999,51 @@ def _read_jsonl(
         _release(stream)
 
 
-def _json_key_spelling(source: SourceFile, contract: DatasetContract) -> list[str]:
+def _first_json_record(source: SourceFile) -> "_JsonRecord | None":
+    """The first record, as the standard json module reads it (None: none, or unreadable; the
+    reader then reports it, with its place)."""
+    try:
+        return next(_json_records(source), None)
+    except (JsonArrayError, UnicodeDecodeError):
+        return None
+
+
+def _first_keys(first: "_JsonRecord | None") -> list[str]:
+    value = first.value if first is not None else None
+    return list(value) if isinstance(value, dict) else []
+
+
+def _json_key_spelling(first: "_JsonRecord | None", contract: DatasetContract) -> list[str]:
     """Under `match: case_insensitive`: how the first object spells each contract column (the
     contract's spelling for keys it does not have)."""
-    try:
-        first = next(_json_records(source), None)
-    except (JsonArrayError, UnicodeDecodeError):
-        first = None  # the reader reports it, with its place
-    value = first.value if first is not None else None
-    keys = list(value) if isinstance(value, dict) else []
-    by_key = {key.strip().casefold(): key for key in keys}
+    by_key = {key.strip().casefold(): key for key in _first_keys(first)}
     return [by_key.get(c.source.strip().casefold(), c.source) for c in contract.columns]
+
+
+def _ignored_json_keys(
+    source: SourceFile,
+    contract: DatasetContract,
+    first: "_JsonRecord | None",
+    names: list[str],
+) -> tuple[str, ...]:
+    """The first record's keys that Arrow's parser will skip (`names`: the keys it reads).
+
+    A first record with keys but none of the contract's is refused: the policy would load any
+    JSON at all, as rows of NULLs.
+    """
+    keys = _first_keys(first)
+    read = set(names)
+    ignored = tuple(key for key in keys if key not in read)
+    if keys and len(ignored) == len(keys):
+        assert first is not None
+        raise ContractViolation(
+            f"the first record has none of the keys dataset '{contract.name}' declares "
+            f"({_quoted(contract.source_names)}); it has {_quoted(keys)}",
+            source=source.name,
+            line=first.line(source),
+            row=first.row,
+        )
+    return ignored
 
 
 @dataclass(frozen=True)
@@ -963,6 +1133,7 @@ def _first_bad_json_record(
 ) -> Exception:
     fold = str.casefold if contract.match == "case_insensitive" else str
     columns = {fold(c.source): c for c in contract.columns}
+    ignore = contract.extra_columns == "ignore"
     # Streamed a record at a time: a bad record far into a large file is found without
     # holding the file.
     for record in _json_records(source):
@@ -972,11 +1143,17 @@ def _first_bad_json_record(
             problem = (f"invalid JSON: {value.msg}", None, None)
         elif not isinstance(value, dict):
             problem = ("expected a JSON object", None, None)
-        elif unexpected := [key for key in value if fold(key) not in columns]:
-            problem = (f"unexpected field(s) {_quoted(unexpected)}", None, unexpected[0])
+        elif not ignore and (unexpected := [key for key in value if fold(key) not in columns]):
+            problem = (
+                f"unexpected field(s) {_quoted(unexpected)}; {_IGNORE_HINT}",
+                None,
+                unexpected[0],
+            )
         else:
             for key, item in value.items():
-                column = columns[fold(key)]
+                column = columns.get(fold(key))
+                if column is None:
+                    continue  # skipped by the parser (extra_columns: ignore)
                 bad = _json_type_mismatch(item, column.type)
                 if bad:
                     problem = (bad, column, None)

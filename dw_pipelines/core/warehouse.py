@@ -22,7 +22,6 @@ SQLite the two schemas are attached database files next to the main one), plus
 """
 
 import contextlib
-import hashlib
 import io
 import logging
 from collections.abc import Iterable, Iterator
@@ -38,19 +37,25 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from dw_pipelines.core.contracts import ColumnType, DatasetContract
+from dw_pipelines.core.contracts import DatasetContract
 from dw_pipelines.core.db import create_db_engine
 from dw_pipelines.core.errors import ConfigurationError
+from dw_pipelines.core.evolution import Evolution, Plan, versions_table
 from dw_pipelines.core.faults import NO_FAULTS, Faults
 from dw_pipelines.core.prefetch import prefetched
+from dw_pipelines.core.tables import (
+    JOB_ID_COLUMN,
+    LOADED_AT_COLUMN,
+    LOADS_TABLE,
+    ROW_NUMBER_COLUMN,
+    STAGING_SCHEMA,
+    STORAGE_SCHEMA,
+    TENANT_COLUMN,
+    DatasetTables,
+    define_tables,
+    staging_partition,
+)
 
-STAGING_SCHEMA = "dw_staging"
-STORAGE_SCHEMA = "dw_storage"
-JOB_ID_COLUMN = "_dw_job_id"
-ROW_NUMBER_COLUMN = "_dw_row_number"
-TENANT_COLUMN = "_dw_tenant_id"
-LOADED_AT_COLUMN = "_dw_loaded_at"
-LOADS_TABLE = "_dw_loads"
 LOAD_METHODS = ("auto", "adbc", "copy-csv")
 # A merge promotion analyzes its storage table's key columns when the job changed more rows
 # than this share of the table (plus the floor), from a sample of 300 x ANALYZE_TARGET rows;
@@ -89,42 +94,6 @@ STAGING_PREFETCH_BATCHES = 1
 _log = logging.getLogger(__name__)
 
 
-class _DecimalAsText(sa.types.TypeDecorator):
-    """SQLite has no exact decimal type: keep decimals exact as their text form."""
-
-    impl = sa.Text
-    cache_ok = True
-
-    def process_bind_param(self, value, dialect):
-        return None if value is None else str(value)
-
-    def process_result_value(self, value, dialect):
-        from decimal import Decimal
-
-        return None if value is None else Decimal(value)
-
-
-def sql_type(column_type: ColumnType, dialect_name: str) -> sa.types.TypeEngine:
-    if column_type.name == "decimal":
-        if dialect_name == "sqlite":
-            return _DecimalAsText()
-        return sa.Numeric(column_type.precision, column_type.scale, asdecimal=True)
-    return {
-        "string": sa.Text(),
-        "int64": sa.BigInteger(),
-        "float64": sa.Double(),
-        "bool": sa.Boolean(create_constraint=False),
-        "date": sa.Date(),
-        "timestamp": sa.DateTime(timezone=True),
-    }[column_type.name]
-
-
-@dataclass(frozen=True)
-class DatasetTables:
-    staging: sa.Table
-    storage: sa.Table
-
-
 @dataclass(frozen=True)
 class PromotionCounts:
     rows: int  # staged rows
@@ -137,11 +106,6 @@ class PromotionCounts:
 class _Rewrite:
     removed: int  # stored rows the merge replaces
     restore_key: str  # ALTER TABLE ... ADD CONSTRAINT: the primary key, built once at the end
-
-
-def staging_partition(dataset: str, job_id: str) -> str:
-    """Name of a job's staging partition: the dataset plus a digest of the job id (≤ 63 chars)."""
-    return f"{dataset[:44]}__{hashlib.sha1(job_id.encode()).hexdigest()[:16]}"
 
 
 def create_warehouse_engine(url: str) -> Engine:
@@ -201,7 +165,8 @@ class Warehouse:
         self._postgres = self.dialect == "postgresql"
         self._metadata = sa.MetaData()
         self._tables: dict[str, DatasetTables] = {}
-        self._ensured: set[str] = set()
+        # The schema version of each dataset whose tables this process has ensured.
+        self._schema_versions: dict[str, int] = {}
         self.loads = sa.Table(
             LOADS_TABLE,
             self._metadata,
@@ -210,149 +175,56 @@ class Warehouse:
             sa.Column("tenant_id", sa.String(64), nullable=False),
             sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
             sa.Column("rows", sa.BigInteger(), nullable=False),
+            # The dataset's schema version the job loaded with (NULL: loaded before versions).
+            sa.Column("schema_version", sa.Integer(), nullable=True),
             schema=STORAGE_SCHEMA,
+        )
+        self.versions = versions_table(self._metadata)
+        self.evolution = Evolution(
+            engine, self._metadata, self.tables, [self.loads, self.versions], faults
         )
 
     # ------------------------------------------------------------------------------ tables
 
     def tables(self, contract: DatasetContract) -> DatasetTables:
         if contract.name not in self._tables:
-            self._tables[contract.name] = self._define(contract)
+            self._tables[contract.name] = define_tables(self._metadata, contract, self.dialect)
         return self._tables[contract.name]
 
-    def _define(self, contract: DatasetContract) -> DatasetTables:
-        def data_columns() -> list[sa.Column]:
-            return [
-                sa.Column(c.name, sql_type(c.type, self.dialect), nullable=c.nullable)
-                for c in contract.columns
-            ]
-
-        staging_extras: list = []
-        staging_options: dict = {}
-        if self._postgres:
-            staging_options["postgresql_partition_by"] = f"LIST ({JOB_ID_COLUMN})"
-        else:
-            staging_extras.append(sa.Index(f"ix_stg_{contract.name}_job"[:63], JOB_ID_COLUMN))
-        staging = sa.Table(
-            contract.name,
-            self._metadata,
-            *data_columns(),
-            sa.Column(JOB_ID_COLUMN, sa.String(128), nullable=False),
-            sa.Column(ROW_NUMBER_COLUMN, sa.BigInteger(), nullable=False),
-            *staging_extras,
-            schema=STAGING_SCHEMA,
-            **staging_options,
-        )
-        is_merge = contract.write_mode == "merge"
-        storage_columns = data_columns()
-        tenant = sa.Column(TENANT_COLUMN, sa.String(64), nullable=False)
-        if is_merge:
-            storage_columns.insert(0, tenant)
-        else:
-            storage_columns.append(tenant)
-        if is_merge:
-            key = sa.PrimaryKeyConstraint(
-                TENANT_COLUMN, *contract.primary_key, name=f"pk_{contract.name}"[:63]
-            )
-            storage_extras: list = [key]
-        elif self._postgres:
-            # A job's rows share one _dw_loaded_at and land together: a BRIN index finds them
-            # for a re-run's delete at a fraction of a B-tree's upkeep on every insert.
-            storage_extras = [
-                sa.Index(
-                    f"ix_sto_{contract.name}_loaded_at"[:63],
-                    LOADED_AT_COLUMN,
-                    postgresql_using="brin",
-                )
-            ]
-        else:
-            storage_extras = [sa.Index(f"ix_sto_{contract.name}_job"[:63], JOB_ID_COLUMN)]
-        storage = sa.Table(
-            contract.name,
-            self._metadata,
-            *storage_columns,
-            sa.Column(JOB_ID_COLUMN, sa.String(128), nullable=False),
-            sa.Column(LOADED_AT_COLUMN, sa.DateTime(timezone=True), nullable=False),
-            *storage_extras,
-            schema=STORAGE_SCHEMA,
-        )
-        return DatasetTables(staging=staging, storage=storage)
-
-    def ensure_tables(self, contract: DatasetContract) -> DatasetTables:
-        """Create the dataset's schemas and tables if missing; refuse tables that drifted."""
+    def ensure_tables(
+        self, contract: DatasetContract, applied_by: str = "dw-pipelines worker"
+    ) -> DatasetTables:
+        """Create the dataset's tables if missing and apply the safe changes of a changed
+        contract (`core.evolution`; raises `SchemaChangeRequired` for the others). Once per
+        dataset and process: a run's later steps reuse the answer."""
         tables = self.tables(contract)
-        if contract.name in self._ensured:
-            return tables
-        wanted = [tables.staging, tables.storage, self.loads]
-        with self.engine.connect() as conn:
-            found = self._columns(conn, wanted)
-        if all(found.get((t.schema, t.name)) for t in wanted):
-            # The usual case, one catalog query: everything exists; only check for drift.
-            self._check_drift(found, [tables.staging, tables.storage], contract)
-            self._ensured.add(contract.name)
-            return tables
-        with self.engine.begin() as conn:
-            if self._postgres:
-                # Two runs creating the same table at once would collide in the catalog.
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('dw_pipelines.ddl'))"))
-                existing = set(sa.inspect(conn).get_schema_names())
-                for schema in (STAGING_SCHEMA, STORAGE_SCHEMA):
-                    # Only when missing: CREATE SCHEMA IF NOT EXISTS still needs CREATE on the
-                    # database, which the least-privilege dw_worker role does not have.
-                    if schema not in existing:
-                        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-            self._metadata.create_all(conn, tables=wanted, checkfirst=True)
-            self._check_drift(
-                self._columns(conn, wanted), [tables.staging, tables.storage], contract
-            )
-        self._ensured.add(contract.name)
+        if contract.name not in self._schema_versions:
+            version = self.evolution.ensure(contract, applied_by)
+            self._schema_versions[contract.name] = version
         return tables
 
-    def _columns(self, conn: Connection, tables: list[sa.Table]) -> dict[tuple, set[str]]:
-        """Column names of the given tables that exist, by (schema, table)."""
-        if not self._postgres:
-            inspector = sa.inspect(conn)
-            return {
-                (t.schema, t.name): {c["name"] for c in inspector.get_columns(t.name, t.schema)}
-                for t in tables
-                if inspector.has_table(t.name, schema=t.schema)
-            }
-        # pg_catalog rather than information_schema.columns: the same answer (columns of
-        # tables, whoever may read them) without the view's privilege checks, which cost a few
-        # milliseconds of planning on every run's first load (~2 ms against ~5 ms, 23 ms cold).
-        rows = conn.execute(
-            sa.text(
-                "SELECT n.nspname, c.relname, a.attname FROM pg_catalog.pg_attribute a "
-                "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
-                "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname IN :schemas AND c.relname IN :names "
-                "AND c.relkind IN ('r', 'p', 'v', 'f') AND a.attnum > 0 AND NOT a.attisdropped"
-            ).bindparams(
-                sa.bindparam("schemas", expanding=True), sa.bindparam("names", expanding=True)
-            ),
-            {
-                "schemas": sorted({t.schema for t in tables}),
-                "names": sorted({t.name for t in tables}),
-            },
-        ).all()
-        found: dict[tuple, set[str]] = {}
-        for schema, table, column in rows:
-            found.setdefault((schema, table), set()).add(column)
-        return found
+    def schema_version(self, contract: DatasetContract) -> int:
+        """The schema version of the dataset's storage (its tables ensured first)."""
+        self.ensure_tables(contract)
+        return self._schema_versions[contract.name]
 
-    @staticmethod
-    def _check_drift(
-        found: dict[tuple, set[str]], tables: list[sa.Table], contract: DatasetContract
-    ) -> None:
-        for table in tables:
-            present = found.get((table.schema, table.name), set())
-            expected = {c.name for c in table.columns}
-            if present != expected:
-                raise ConfigurationError(
-                    f"table {table.schema}.{table.name} does not match dataset contract "
-                    f"'{contract.name}': missing {sorted(expected - present)}, "
-                    f"extra {sorted(present - expected)}; migrate or rename the table"
-                )
+    def plan(self, contract: DatasetContract) -> Plan:
+        """What storage needs to match the contract (nothing is changed)."""
+        return self.evolution.plan(contract)
+
+    def migrate(
+        self,
+        contract: DatasetContract,
+        applied_by: str,
+        allow_destructive: bool,
+        expected: Plan | None = None,
+    ) -> tuple[Plan, int]:
+        """Apply the dataset's plan (see `Evolution.apply`); returns it and the new version."""
+        applied, version = self.evolution.apply(
+            contract, applied_by, allow_destructive, expected=expected
+        )
+        self._schema_versions[contract.name] = version
+        return applied, version
 
     # ----------------------------------------------------------------------------- staging
 
@@ -369,7 +241,7 @@ class Warehouse:
         back: the job has nothing staged afterwards. `size_hint` (the source's bytes) lets a
         small file skip ADBC's own connection and use the pooled one with text COPY.
         """
-        tables = self.ensure_tables(contract)
+        tables = self.ensure_tables(contract, applied_by=f"job {job_id}")
         numbered = _with_lineage(batches, job_id, include_job_id=not self._postgres)
         if not self._postgres:
             with self.engine.begin() as conn:
@@ -572,7 +444,15 @@ class Warehouse:
                 else:
                     deleted = conn.execute(delete).rowcount
                     inserted = _rowcount(conn, new_and_changed)
-            self._record_load(conn, contract.name, job_id, tenant_id, loaded_at, rows)
+            self._record_load(
+                conn,
+                contract.name,
+                job_id,
+                tenant_id,
+                loaded_at,
+                rows,
+                self._schema_versions[contract.name],
+            )
             self.faults.hit("promote.before_commit", conn)
         if self._postgres and contract.write_mode == "merge" and inserted + deleted:
             self._analyze_if_stale(storage, contract, changed_rows=inserted + deleted)
@@ -875,6 +755,7 @@ class Warehouse:
         tenant_id: str,
         loaded_at: datetime,
         rows: int,
+        schema_version: int,
     ) -> None:
         insert = postgresql.insert if self._postgres else sqlite.insert
         values = {
@@ -883,12 +764,16 @@ class Warehouse:
             "tenant_id": tenant_id,
             "loaded_at": loaded_at,
             "rows": rows,
+            "schema_version": schema_version,
         }
         statement = insert(self.loads).values(**values)
         conn.execute(
             statement.on_conflict_do_update(
                 index_elements=["dataset", "job_id"],
-                set_={k: statement.excluded[k] for k in ("tenant_id", "loaded_at", "rows")},
+                set_={
+                    k: statement.excluded[k]
+                    for k in ("tenant_id", "loaded_at", "rows", "schema_version")
+                },
             )
         )
 

@@ -540,6 +540,12 @@ def dataset_assets(
                 "deleted": dg.MetadataValue.int(sum(r.deleted for r in results)),
                 # merge: "rewrite" when a job replaced most of the table (readers waited on it)
                 "strategy": ", ".join(sorted({r.strategy for r in results})),
+                # The contract version storage had; the column schema with it, so that the
+                # UI's column-schema history shows what each version changed.
+                "schema_version": dg.MetadataValue.int(
+                    max((r.schema_version or 0 for r in results), default=0)
+                ),
+                "dagster/column_schema": column_schema(contract, lineage=True),
                 "duration_seconds": dg.MetadataValue.float(
                     float(round(sum(r.seconds for r in results), 3))
                 ),
@@ -591,6 +597,13 @@ def _staging_metadata(
         "duration_seconds": dg.MetadataValue.float(float(round(sum(r.seconds for r in staged), 3))),
         **_outbox_link([job.job_id for job in jobs]),
     }
+    # What the contract's column policies did, over the jobs, each column once.
+    ignored = dict.fromkeys(c for r in staged for c in r.ignored_columns)
+    if ignored:
+        metadata["ignored_columns"] = ", ".join(ignored)
+    missing = dict.fromkeys(c for r in staged for c in r.missing_columns)
+    if missing:
+        metadata["missing_columns"] = ", ".join(missing)
     if preview is not None:
         metadata["preview"] = dg.MetadataValue.md(preview)
     return metadata
