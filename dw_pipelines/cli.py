@@ -283,7 +283,8 @@ def outbox_retry(
     )
     from dw_pipelines.services import build_queue
 
-    queue = build_queue(_settings())
+    settings = _settings()
+    queue = build_queue(settings)
     try:
         queue.get(job_id)
         instance = instance_from_environment()
@@ -291,7 +292,12 @@ def outbox_retry(
         job = queue.requeue(job_id, run_id, operator, allow_completed=allow_completed)
         try:
             run = launch_job_run(
-                instance, job, run_id, workspace_file, extra_tags={TAG_REQUEUED_BY: operator}
+                instance,
+                job,
+                run_id,
+                settings,
+                workspace_file,
+                extra_tags={TAG_REQUEUED_BY: operator},
             )
         except Exception as exc:
             queue.reconcile(job_id, run_id, "FAILED", f"could not launch run {run_id}: {exc}")
@@ -331,12 +337,13 @@ def outbox_launch_command(job_id: str, operator: str, workspace: str) -> None:
     from dw_pipelines.launch import launch_command, launch_run_id
     from dw_pipelines.services import build_queue
 
-    queue = build_queue(_settings())
+    settings = _settings()
+    queue = build_queue(settings)
     try:
         job = queue.claim_for_launch(job_id, launch_run_id(job_id), operator)
     finally:
         queue.engine.dispose()
-    click.echo(launch_command(job, workspace))
+    click.echo(launch_command(job, settings, workspace))
 
 
 @outbox.command(

@@ -39,7 +39,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             contract, business_date_partitions, settings.retry_policy, warehouse_kind
         )
     ]
-    job = ingestion_job(assets)
+    job = ingestion_job(assets, settings.run_policy_tags)
     # URLs taken from the environment stay EnvVars: resolved at run time, hidden in the UI.
     resource = DwResource(
         database_url=dg.EnvVar("DW_DATABASE_URL") if settings.database_url_from_env else None,

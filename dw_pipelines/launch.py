@@ -21,7 +21,7 @@ from dw_pipelines.core.outbox import OutboxJob
 from dw_pipelines.core.quality import FRESHNESS
 from dw_pipelines.defs.assets import staging_key, storage_key
 from dw_pipelines.defs.sensors import run_tags
-from dw_pipelines.settings import CODE_LOCATION_NAME, INGESTION_JOB_NAME
+from dw_pipelines.settings import CODE_LOCATION_NAME, INGESTION_JOB_NAME, Settings
 
 TAG_REQUEUED_BY = "dw/requeued_by"
 
@@ -40,9 +40,9 @@ def launch_run_id(job_id: str) -> str:
     return str(uuid.uuid5(_LAUNCH_NAMESPACE, job_id))
 
 
-def launch_command(job: OutboxJob, workspace: str = "workspace.yaml") -> str:
+def launch_command(job: OutboxJob, settings: Settings, workspace: str = "workspace.yaml") -> str:
     """The `dagster job launch` line that runs `job` through the instance in DAGSTER_HOME."""
-    tags = {"dagster/partition": job.business_date.isoformat(), **run_tags(job)}
+    tags = {"dagster/partition": job.business_date.isoformat(), **run_tags(job, settings)}
     return " ".join(
         [
             "dagster job launch",
@@ -69,6 +69,7 @@ def launch_job_run(
     instance: dg.DagsterInstance,
     job: OutboxJob,
     run_id: str,
+    settings: Settings,
     workspace_file: Path | None = None,
     extra_tags: dict[str, str] | None = None,
 ) -> dg.DagsterRun:
@@ -109,7 +110,7 @@ def launch_job_run(
         tags = {
             **(remote_job.run_tags or {}),
             "dagster/partition": job.business_date.isoformat(),
-            **run_tags(job),
+            **run_tags(job, settings),
             **(extra_tags or {}),
         }
         run = instance.create_run(

@@ -13,6 +13,10 @@ Metric semantics:
   details do not carry it); when `outbox prune` has deleted the row, the event is counted under
   `dataset="unknown"`.
 * `dw_worker_retries_total{dataset}`: RETRY_SCHEDULED audit events (same join).
+* Both, and `dw_ingestion_rows_loaded_total{dataset}`, have a sample for every status and every
+  dataset of the catalog from the first scrape, 0 until the first event: Prometheus' advice on
+  missing series, since `rate()` and `increase()` over a series that appears with its first
+  event see no change, and an alert on it would never fire for that event.
 * `dw_worker_lag_seconds`: now minus `created_at` of the oldest PENDING row whose
   `next_attempt_at` has come; 0 when there is none.
 * `dw_ingestion_outbox_pending`, `dw_ingestion_queue_running_jobs` (SENT + PROCESSING),
@@ -39,7 +43,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -137,9 +141,18 @@ def _read_only(conn: Connection, timeout_ms: int) -> None:
 class OutboxCollector(Collector):
     """Reads the outbox and audit tables at scrape time and yields the metric families."""
 
-    def __init__(self, engine: Engine, statement_timeout_ms: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        statement_timeout_ms: int,
+        datasets: Callable[[], Iterable[str]] = tuple,
+    ) -> None:
         self.engine = engine
         self.statement_timeout_ms = statement_timeout_ms
+        # The catalog's datasets, asked at each scrape: each gets its series at 0 before its
+        # first event, so that rate() and increase() see the first one (a series that appears
+        # with its first event reads as no change).
+        self.datasets = datasets
         dialect = engine.dialect.name
         duration = _DURATION_SQL.get(dialect, _DURATION_SQL["postgresql"])
         self._outbox_sql = sa.text(
@@ -191,10 +204,19 @@ class OutboxCollector(Collector):
             audit_rows = (
                 conn.execute(self._audit_sql, {"unknown": UNKNOWN_DATASET}).mappings().all()
             )
-        return self._families(now, outbox_rows, audit_rows)
+        return self._families(now, outbox_rows, audit_rows, self._known_datasets())
+
+    def _known_datasets(self) -> list[str]:
+        try:
+            return sorted(self.datasets())
+        except Exception as exc:  # unreadable contracts: the series with events still show
+            log.warning("metrics: cannot list the datasets: %s", exc)
+            return []
 
     @staticmethod
-    def _families(now: datetime, outbox_rows: Any, audit_rows: Any) -> list[Metric]:
+    def _families(
+        now: datetime, outbox_rows: Any, audit_rows: Any, datasets: Sequence[str] = ()
+    ) -> list[Metric]:
         counts = {"PENDING": 0, "SENT": 0, "PROCESSING": 0, "COMPLETED": 0, "FAILED": 0}
         rows_loaded: dict[str, int] = {}
         oldest_due: datetime | None = None
@@ -226,8 +248,12 @@ class OutboxCollector(Collector):
             "Retries scheduled (RETRY_SCHEDULED audit events).",
             labels=["dataset"],
         )
-        retried: dict[str, int] = {}
-        terminal: dict[tuple[str, str], int] = {}
+        retried: dict[str, int] = dict.fromkeys(datasets, 0)
+        terminal: dict[tuple[str, str], int] = {
+            (status, dataset): 0 for status in sorted(_TERMINAL) for dataset in datasets
+        }
+        for dataset in datasets:
+            rows_loaded.setdefault(dataset, 0)
         for row in audit_rows:
             if row["event"] == "RETRY_SCHEDULED":
                 retried[row["dataset"]] = retried.get(row["dataset"], 0) + int(row["n"])
@@ -323,6 +349,15 @@ class ContractCollector(Collector):
         yield family
 
 
+def _dataset_names(settings: Settings) -> list[str]:
+    """Every dataset of the catalog, its contract usable or not (`services.load_contracts` parses
+    the folders again only when a file changed)."""
+    from dw_pipelines.services import load_contracts
+
+    contracts = load_contracts(settings)
+    return sorted({c.name for c in contracts} | set(contracts.broken_datasets))
+
+
 class MetricsServer:
     """`/metrics`, `/healthz` and `/readyz` on one threading HTTP server."""
 
@@ -330,7 +365,11 @@ class MetricsServer:
         self.engine = create_metrics_engine(settings)
         self.ready_timeout_ms = settings.metrics_connect_timeout_seconds * 1000
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(OutboxCollector(self.engine, settings.metrics_statement_timeout_ms))
+        self.registry.register(
+            OutboxCollector(
+                self.engine, settings.metrics_statement_timeout_ms, lambda: _dataset_names(settings)
+            )
+        )
         self.registry.register(ContractCollector(settings))
         self.httpd = ThreadingHTTPServer((host, port), self._handler())
         self.httpd.daemon_threads = True

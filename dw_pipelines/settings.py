@@ -30,6 +30,14 @@ INGESTION_JOB_NAME = "dw_ingestion_job"
 TAG_JOB_ID = "dw/job_id"
 TAG_DATASET = "dw/dataset"
 TAG_TENANT = "dw/tenant"
+# Read by Dagster 1.13.27's daemons from each run's tags (they replace the instance settings
+# run_monitoring.max_runtime_seconds / run_retries.retry_on_asset_or_op_failure for that run):
+# dagster/_daemon/monitoring/run_monitoring.py `check_run_timeout` (float seconds; the run is
+# canceled, then marked FAILURE) and dagster/_core/execution/retries.py
+# `auto_reexecution_should_retry_run` (boolean text). Tags, because the official Helm chart
+# renders neither instance setting into its dagster.yaml.
+TAG_MAX_RUNTIME = "dagster/max_runtime"
+TAG_RETRY_ON_ASSET_OR_OP_FAILURE = "dagster/retry_on_asset_or_op_failure"
 
 _SENSOR_STATUSES = ("RUNNING", "STOPPED")
 
@@ -75,6 +83,13 @@ class Settings:
     # The outbox health sensor records the queue's state (and dataset freshness) this often.
     health_interval_seconds: int = 300
     fault_injection: str = ""
+    # Hard cap on a run's wall time, enforced by Dagster's run monitoring daemon (0: no cap). It
+    # must exceed a load plus the worker's own retry waits (~5 min with the defaults, any one
+    # capped at DW_RETRY_MAX_DELAY_SECONDS).
+    run_max_runtime_seconds: int = 7200
+    # Whether a run whose steps failed is re-executed by Dagster's run retries (when a run opts
+    # in with dagster/max_retries): no, the steps' own retries are spent by then.
+    run_retry_on_asset_or_op_failure: bool = False
     # `metrics serve`: each scrape reads the outbox in one read-only transaction bounded by this
     # statement timeout (PostgreSQL only); connects and `/readyz` give up after the connect timeout.
     metrics_statement_timeout_ms: int = 5000
@@ -135,6 +150,10 @@ class Settings:
             reconcile_after_seconds=_int(env, "DW_RECONCILE_AFTER_SECONDS", 300, minimum=1),
             reconcile_interval_seconds=_int(env, "DW_RECONCILE_INTERVAL_SECONDS", 60, minimum=1),
             health_interval_seconds=_int(env, "DW_HEALTH_INTERVAL_SECONDS", 300, minimum=1),
+            run_max_runtime_seconds=_int(env, "DW_RUN_MAX_RUNTIME_SECONDS", 7200, minimum=0),
+            run_retry_on_asset_or_op_failure=_bool(
+                env, "DW_RUN_RETRY_ON_ASSET_OR_OP_FAILURE", False
+            ),
             fault_injection=env.get("DW_FAULT_INJECTION", ""),
             metrics_statement_timeout_ms=_int(
                 env, "DW_METRICS_STATEMENT_TIMEOUT_MS", 5000, minimum=1
@@ -153,6 +172,16 @@ class Settings:
             base_delay_seconds=self.retry_base_delay_seconds,
             max_delay_seconds=self.retry_max_delay_seconds,
         )
+
+    @property
+    def run_policy_tags(self) -> dict[str, str]:
+        """The run tags that carry the run cap and the retry rule (see TAG_MAX_RUNTIME)."""
+        tags = {
+            TAG_RETRY_ON_ASSET_OR_OP_FAILURE: str(self.run_retry_on_asset_or_op_failure).lower()
+        }
+        if self.run_max_runtime_seconds:
+            tags[TAG_MAX_RUNTIME] = str(self.run_max_runtime_seconds)
+        return tags
 
     @property
     def s3_options(self) -> S3Options:
@@ -205,6 +234,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     if value < minimum:
         raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("true", "1", "yes"):
+        return True
+    if raw in ("false", "0", "no"):
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {env.get(name)!r}")
 
 
 def _share_or_off(env: Mapping[str, str], name: str, default: float) -> float | None:

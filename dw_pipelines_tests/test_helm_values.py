@@ -31,7 +31,14 @@ from jsonschema.exceptions import ValidationError
 from jsonschema.validators import validator_for
 
 from dw_pipelines.core.retry import RetryPolicy
-from dw_pipelines.settings import CODE_LOCATION_NAME, TAG_DATASET, TAG_TENANT
+from dw_pipelines.settings import (
+    CODE_LOCATION_NAME,
+    TAG_DATASET,
+    TAG_MAX_RUNTIME,
+    TAG_RETRY_ON_ASSET_OR_OP_FAILURE,
+    TAG_TENANT,
+    Settings,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HELM_VALUES_PATH = REPO_ROOT / "helm-values.yaml"
@@ -617,8 +624,11 @@ def test_run_queue_limits_key_on_the_sensor_tags(values):
 
 
 def test_run_retries_only_cover_crashes(values):
+    # The chart renders only these two keys; "not after a step failure" is a run tag.
     retries = values["dagsterDaemon"]["runRetries"]
-    assert retries == {"enabled": True, "maxRetries": 0, "retryOnAssetOrOpFailure": False}
+    assert retries == {"enabled": True, "maxRetries": 0}
+    tags = Settings.from_env({}).run_policy_tags
+    assert tags[TAG_RETRY_ON_ASSET_OR_OP_FAILURE] == "false"
 
 
 def test_run_monitoring_timeout_outlasts_the_worker_retry_waits(values):
@@ -627,9 +637,16 @@ def test_run_monitoring_timeout_outlasts_the_worker_retry_waits(values):
     assert monitoring["startTimeoutSeconds"] >= 300
     policy = RetryPolicy()
     waits_with_defaults = sum(policy.schedule()) * (1 + policy.jitter)  # ~341 s
-    # A run waiting for its retry must not be killed: room for all default waits, or for one wait
-    # at the cap, plus the load.
-    assert monitoring["maxRuntimeSeconds"] > policy.max_delay_seconds + waits_with_defaults
+    # The cap is the run tag the code server's sensor puts on each run (the chart renders no
+    # maxRuntimeSeconds). A run waiting for its retry must not be killed: room for all default
+    # waits, or for one wait at the cap, plus the load.
+    assert "maxRuntimeSeconds" not in monitoring
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    configured = env_value(deployment["env"], "DW_RUN_MAX_RUNTIME_SECONDS")
+    settings = Settings.from_env({"DW_RUN_MAX_RUNTIME_SECONDS": configured})
+    assert settings.run_policy_tags[TAG_MAX_RUNTIME] == configured
+    assert int(configured) == Settings.from_env({}).run_max_runtime_seconds
+    assert int(configured) > policy.max_delay_seconds + waits_with_defaults
 
 
 def test_sensor_grpc_timeout_is_raised_for_daemon_and_webserver(values, monkeypatch):

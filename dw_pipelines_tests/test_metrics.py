@@ -84,7 +84,7 @@ class Exporter:
 def start_exporter(tmp_path: Path, landing_dir: Path) -> Iterator:
     procs: list[subprocess.Popen] = []
 
-    def start(url: str) -> Exporter:
+    def start(url: str, **extra_env: str) -> Exporter:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("DW_")}
         env.update(
@@ -96,6 +96,7 @@ def start_exporter(tmp_path: Path, landing_dir: Path) -> Iterator:
             PYTHONPATH=os.pathsep.join(
                 p for p in [str(SOURCE_ROOT), os.environ.get("PYTHONPATH", "")] if p
             ),
+            **extra_env,
         )
         log_path = tmp_path / f"exporter-{port}.log"
         with log_path.open("w") as log_file:
@@ -287,6 +288,39 @@ def test_metrics_report_the_outbox_exactly(
     assert exporter.proc.wait(timeout=15) == 0
     assert "Traceback" not in exporter.log()
     assert PASSWORD not in exporter.log()
+
+
+def test_an_empty_outbox_already_has_every_series_at_zero(
+    pg_url: str, tmp_path: Path, start_exporter
+) -> None:
+    """Before the first job: every terminal status of every dataset in the catalog (a broken
+    contract's dataset included) is a series at 0, so that rate() and increase() see the first
+    event (Prometheus: "avoid missing metrics")."""
+    folder = tmp_path / "contracts"
+    folder.mkdir()
+    (folder / "events.yaml").write_text(
+        "name: events\nwrite_mode: append\nprimary_key: []\ncolumns: [{name: id, type: int64}]\n"
+    )
+    (folder / "broken.yaml").write_text("name: broken\nwrite_mode: sideways\n")
+
+    exporter = start_exporter(pg_url, DW_DATASETS_PATH=str(folder))
+    samples = exporter.samples()
+
+    datasets = ["broken", "customers", "events", "orders"]
+    zero = {
+        **{
+            ("dw_worker_jobs_total", (("dataset", d), ("status", s))): 0.0
+            for d in datasets
+            for s in ("COMPLETED", "FAILED")
+        },
+        **{("dw_worker_retries_total", (("dataset", d),)): 0.0 for d in datasets},
+        **{("dw_ingestion_rows_loaded_total", (("dataset", d),)): 0.0 for d in datasets},
+    }
+    assert {k: v for k, v in samples.items() if k in zero} == zero
+    counted = {k for k in samples if k[0] in {name for name, _ in zero} and k not in zero}
+    assert counted == set()  # no other dataset or status appears
+    assert samples[("dw_ingestion_contract_errors", (("dataset", "broken"),))] > 0
+    assert samples[("dw_worker_scrape_error", ())] == 0.0
 
 
 def test_database_outage_is_reported_and_recovers(

@@ -7,18 +7,21 @@ e.g. `staging.copy=terminate-backend*2,promote.before_commit=kill`. Actions:
 * `terminate-backend`: the database backend of the current connection is terminated with
   `pg_terminate_backend` (a lost connection, as in a failover).
 * `raise`: raise `TransientError`.
+* `hang`: sleep for an hour (a run that never finishes: a stuck read, a lock that never comes).
 
 `times` (default 1) counts per process. Unset in production: every checkpoint is then a no-op.
 """
 
 import os
 import signal
+import time
 from collections import Counter
 from dataclasses import dataclass
 
 from dw_pipelines.core.errors import ConfigurationError, TransientError
 
-ACTIONS = ("kill", "terminate-backend", "raise")
+ACTIONS = ("kill", "terminate-backend", "raise", "hang")
+HANG_SECONDS = 3600
 _hits: Counter[str] = Counter()
 
 
@@ -58,6 +61,8 @@ class Faults:
         _hits[point] += 1
         if fault.action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        elif fault.action == "hang":
+            time.sleep(HANG_SECONDS)
         elif fault.action == "terminate-backend" and connection is not None:
             # The backend serving this SQLAlchemy connection dies mid-transaction, as in a
             # failover; SQLAlchemy sees the disconnect and invalidates the pooled connection.

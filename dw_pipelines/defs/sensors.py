@@ -31,24 +31,27 @@ from dw_pipelines.defs.resources import DwResource
 from dw_pipelines.settings import SENSOR_NAME, TAG_DATASET, TAG_JOB_ID, TAG_TENANT, Settings
 
 
-def run_tags(job: OutboxJob) -> dict[str, str]:
+def run_tags(job: OutboxJob, settings: Settings) -> dict[str, str]:
     """Tags of a job's run: which job, dataset and tenant (concurrency limits key on the last
-    two), and its Kubernetes pod settings."""
+    two), its Kubernetes pod settings, and the run cap and retry rule (`Settings.run_policy_tags`;
+    the ingestion job carries them too, for runs made without this function: backfills of the
+    job, a launch from the UI)."""
     return {
         TAG_JOB_ID: job.job_id,
         TAG_DATASET: job.dataset,
         TAG_TENANT: job.tenant_id,
         **k8s_config_tag(job),
+        **settings.run_policy_tags,
     }
 
 
-def run_request_for(job: OutboxJob, contract: DatasetContract) -> dg.RunRequest:
+def run_request_for(job: OutboxJob, contract: DatasetContract, settings: Settings) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=job.job_id,
         partition_key=job.business_date.isoformat(),
         asset_selection=[staging_key(job.dataset), storage_key(job.dataset)],
         asset_check_keys=load_check_keys(contract),
-        tags=run_tags(job),
+        tags=run_tags(job, settings),
     )
 
 
@@ -111,7 +114,7 @@ def outbox_sensor(
                     f"{log_fields(job.job_id, job.dataset, job.tenant_id, None)} {problem}"
                 )
                 continue
-            requests.append(run_request_for(job, contracts.get(job.dataset)))
+            requests.append(run_request_for(job, contracts.get(job.dataset), settings))
             context.log.info(
                 f"{log_fields(job.job_id, job.dataset, job.tenant_id, None)} run requested"
             )
