@@ -675,3 +675,21 @@ def test_retention_purges_only_skipped_sensor_ticks(values):
         "failure": -1,
         "started": -1,
     }
+
+
+def test_run_pods_get_the_object_storage_settings_the_worker_reads(values):
+    """The DW_S3_* variables the run pods get are ones Settings reads, with values it accepts
+    (the site-specific endpoint and region are left commented in the file)."""
+    env_vars = values["runLauncher"]["config"]["k8sRunLauncher"]["envVars"]
+    pairs = dict(item.split("=", 1) for item in env_vars)
+    s3 = {k: v for k, v in pairs.items() if k.startswith("DW_S3_")}
+    assert set(s3) == {
+        "DW_S3_CONNECT_TIMEOUT_SECONDS",
+        "DW_S3_REQUEST_TIMEOUT_SECONDS",
+        "DW_S3_MAX_ATTEMPTS",
+    }
+    configured = Settings.from_env(s3).s3_options
+    assert configured == Settings.from_env({}).s3_options  # the defaults, pinned
+    text = HELM_VALUES_PATH.read_text()
+    for commented in ("DW_S3_REGION=", "DW_S3_ENDPOINT_URL=", "eks.amazonaws.com/role-arn:"):
+        assert f"# - {commented}" in text or f"#   {commented}" in text, commented

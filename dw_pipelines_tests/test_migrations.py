@@ -155,7 +155,7 @@ def test_upgrade_twice_is_a_no_op(empty_engine: sa.Engine) -> None:
 def test_current_revision_is_the_head(empty_engine: sa.Engine) -> None:
     upgrade(empty_engine)
     head = head_revision(empty_engine)
-    assert head == "0002"
+    assert head == "0003"
     assert current_revision(empty_engine) == head
 
 

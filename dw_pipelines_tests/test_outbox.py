@@ -769,3 +769,20 @@ def test_missing_tables_raise_schema_not_ready_for_reads_too(
 ) -> None:
     with pytest.raises(SchemaNotReady, match="dw-pipelines db upgrade"):
         operation(unmigrated_queue)
+
+
+def test_enqueue_records_the_source_size_for_the_run_pod(queue: DwIngestionJobQueue) -> None:
+    from dw_pipelines.defs.k8s import size_class
+
+    job = queue.enqueue(command()).job
+    size = Path(command()["source_uri"]).stat().st_size
+    assert queue.get(job.job_id).source_size_bytes == size
+    assert outbox_rows(queue.engine)[0]["source_size_bytes"] == size
+    # Rows from before the column (NULL) are sized where the sensor runs, as before.
+    with queue.engine.begin() as conn:
+        conn.execute(outbox.update().values(source_size_bytes=None))
+    old = queue.get(job.job_id)
+    assert old.source_size_bytes is None and size_class(old) == "small"
+    with queue.engine.begin() as conn:
+        conn.execute(outbox.update().values(source_size_bytes=5 << 30))
+    assert size_class(queue.get(job.job_id)) == "large"  # a 5 GB object

@@ -15,6 +15,7 @@ still loads.
 
 import gzip
 import io
+import json
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -563,3 +564,28 @@ def test_a_contract_drafted_from_an_object_loads_that_json_array(
             {"name": "ford [torino]", "miles_per_gallon": 25.5, "year": dt_date(1972, 1, 1)},
             {"name": "vw, beetle", "miles_per_gallon": None, "year": dt_date(1971, 1, 1)},
         ]
+
+
+def test_the_object_size_from_the_enqueue_head_chooses_the_run_pod(
+    worker: Worker, bucket: Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sensor cannot stat an object: the size comes from the HEAD made at enqueue, kept on
+    the outbox row, so a large object gets the large pod (here: a threshold below its size)."""
+    from dw_pipelines.defs import k8s
+    from dw_pipelines.defs.sensors import run_tags
+    from dw_pipelines.settings import Settings
+
+    data = ORDERS_CSV.read_bytes()
+    uri = bucket.put(f"{PREFIX}/sized.csv", data)
+    job = worker.enqueue(uri)
+    row = worker.service.queue.get(job.job_id)
+    assert row.source_size_bytes == len(data)
+    assert row.to_dict()["source_size_bytes"] == len(data)
+
+    def pod(threshold: int) -> dict:
+        monkeypatch.setattr(k8s, "LARGE_SOURCE_BYTES", threshold)
+        tags = run_tags(row, Settings.from_env())
+        return json.loads(tags[k8s.K8S_CONFIG_TAG])["container_config"]["resources"]
+
+    assert pod(len(data)) == k8s.RESOURCES["large"]
+    assert pod(len(data) + 1) == k8s.RESOURCES["small"]

@@ -43,6 +43,9 @@ outbox = sa.Table(
     sa.Column("updated_at", Timestamp, nullable=False),
     # Refreshed by the run that holds a PROCESSING job; a stale beat means the run died.
     sa.Column("heartbeat_at", Timestamp, nullable=True),
+    # The source's size when the job was enqueued (a local file's stat, an object's HEAD), for
+    # the run's pod size class; NULL for rows enqueued before the column existed.
+    sa.Column("source_size_bytes", sa.BigInteger(), nullable=True),
     sa.UniqueConstraint("idempotency_key", name="uq_dw_ingestion_outbox_idempotency_key"),
     sa.CheckConstraint(
         "status IN ('PENDING', 'SENT', 'PROCESSING', 'COMPLETED', 'FAILED')",

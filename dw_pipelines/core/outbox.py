@@ -33,7 +33,8 @@ from dw_pipelines.core.commands import DwIngestionCommand
 from dw_pipelines.core.contracts import ContractRegistry
 from dw_pipelines.core.db import OUTBOX_STATUSES, as_utc, audit, outbox, utcnow
 from dw_pipelines.core.errors import CommandError, InvalidTransition, JobNotFound, SchemaNotReady
-from dw_pipelines.core.landing import LandingZone
+from dw_pipelines.core.landing import LandingZone, Source
+from dw_pipelines.core.objectstore import ObjectSource
 
 # Audit events. Each names what happened; from/to status are on the audit row.
 ENQUEUED = "ENQUEUED"
@@ -72,6 +73,7 @@ class OutboxJob:
     created_at: datetime
     updated_at: datetime
     heartbeat_at: datetime | None = None
+    source_size_bytes: int | None = None  # at enqueue time (None: unknown)
 
     @property
     def command(self) -> DwIngestionCommand:
@@ -96,6 +98,7 @@ class OutboxJob:
             created_at=as_utc(row["created_at"]),
             updated_at=as_utc(row["updated_at"]),
             heartbeat_at=as_utc(row["heartbeat_at"]),
+            source_size_bytes=row.get("source_size_bytes"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,8 +117,19 @@ class OutboxJob:
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
             "heartbeat_at": self.heartbeat_at.isoformat() if self.heartbeat_at else None,
+            "source_size_bytes": self.source_size_bytes,
             "payload": self.payload,
         }
+
+
+def source_size(source: Source) -> int | None:
+    """A checked source's size in bytes: its HEAD for an object, a stat for a file."""
+    if isinstance(source, ObjectSource):
+        return source.info.size_bytes
+    try:
+        return source.stat().st_size
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -191,12 +205,19 @@ class DwIngestionJobQueue:
 
     def validate(self, command: DwIngestionCommand | Mapping[str, Any]) -> DwIngestionCommand:
         """Parse and check a command against the contracts and landing roots."""
+        return self._checked(command)[0]
+
+    def _checked(
+        self, command: DwIngestionCommand | Mapping[str, Any]
+    ) -> tuple[DwIngestionCommand, int | None]:
+        """The parsed command and its source's size (None without a landing check)."""
         parsed = DwIngestionCommand.parse(command)
         parsed.check_business_date(self.clock().date())
         self.contracts.get(parsed.dataset)
-        if self.landing is not None:
-            self.landing.check_command_source(parsed.source_uri)
-        return parsed
+        if self.landing is None:
+            return parsed, None
+        source = self.landing.check_command_source(parsed.source_uri)
+        return parsed, source_size(source)
 
     def enqueue(
         self,
@@ -228,20 +249,26 @@ class DwIngestionJobQueue:
                 index, e.g. `[3].business_date`; nothing is inserted.
         """
         parsed = []
+        sizes: dict[str, int | None] = {}
         for index, command in enumerate(commands):
             try:
-                parsed.append(self.validate(command))
+                checked, size = self._checked(command)
             except CommandError as exc:
                 if len(commands) == 1:
                     raise
                 raise CommandError(f"[{index}].{exc.field}", exc.reason) from None
+            parsed.append(checked)
+            sizes.setdefault(checked.job_id, size)
         if not parsed:
             return []
         with self._connection(connection) as conn:
-            return self._insert_many(conn, parsed)
+            return self._insert_many(conn, parsed, sizes)
 
     def _insert_many(
-        self, conn: Connection, commands: list[DwIngestionCommand]
+        self,
+        conn: Connection,
+        commands: list[DwIngestionCommand],
+        sizes: Mapping[str, int | None] | None = None,
     ) -> list[EnqueueResult]:
         now = self.clock()
         fresh: dict[str, DwIngestionCommand] = {}  # first command per idempotency key
@@ -260,6 +287,7 @@ class DwIngestionJobQueue:
                 "next_attempt_at": now,
                 "created_at": now,
                 "updated_at": now,
+                "source_size_bytes": (sizes or {}).get(c.job_id),
             }
             for c in fresh.values()
         ]

@@ -1,8 +1,10 @@
 """Per-run Kubernetes settings: the `dagster-k8s/config` run tag, by the source's size class.
 
 K8sRunLauncher reads this tag when it builds a run's Job, so a large file gets a bigger pod than a
-small one without a separate job per size. The source is looked up where the sensor runs; if it
-cannot be seen there (object storage, another volume), the run gets the default class.
+small one without a separate job per size. The size is the one recorded at enqueue time (a local
+file's stat, an object's HEAD: `outbox.source_size_bytes`); for rows enqueued before that column
+existed, the file is looked up where the sensor runs, and a source it cannot see there gets the
+default class.
 """
 
 import json
@@ -23,12 +25,13 @@ RESOURCES = {
 
 
 def size_class(job: OutboxJob) -> str:
-    path = job.payload.get("source_uri", "")
-    path = path.removeprefix("file://")
-    try:
-        size = os.stat(path).st_size
-    except (OSError, ValueError):
-        return "small"
+    size = job.source_size_bytes
+    if size is None:
+        path = job.payload.get("source_uri", "").removeprefix("file://")
+        try:
+            size = os.stat(path).st_size
+        except (OSError, ValueError):
+            return "small"
     return "large" if size >= LARGE_SOURCE_BYTES else "small"
 
 
