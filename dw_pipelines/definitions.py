@@ -12,9 +12,11 @@ import logging
 import dagster as dg
 import sqlalchemy as sa
 
+from dw_pipelines.core import logs
 from dw_pipelines.defs.assets import dataset_assets
 from dw_pipelines.defs.health import contracts_check, health_sensor, outbox_health_asset
 from dw_pipelines.defs.jobs import ingestion_job
+from dw_pipelines.defs.log_output import LOGGER_KEY, json_lines_logger
 from dw_pipelines.defs.partitions import business_date_partitions
 from dw_pipelines.defs.resources import DwResource
 from dw_pipelines.defs.sensors import outbox_sensor, reconciler_sensor
@@ -25,6 +27,9 @@ _log = logging.getLogger("dw_pipelines")
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    json_logs = settings.log_format == "json"
+    # The code server's and the run's own loggers (contract warnings, warehouse notes).
+    logs.configure(settings.log_format)
     contracts = load_contracts(settings)
     for problem in contracts.problems:
         _log.warning("dataset '%s' left out of the code location: %s", problem.dataset, problem)
@@ -39,7 +44,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             contract, business_date_partitions, settings.retry_policy, warehouse_kind
         )
     ]
-    job = ingestion_job(assets, settings.run_policy_tags)
+    job = ingestion_job(assets, settings.run_policy_tags, json_logs=json_logs)
     # URLs taken from the environment stay EnvVars: resolved at run time, hidden in the UI.
     resource = DwResource(
         database_url=dg.EnvVar("DW_DATABASE_URL") if settings.database_url_from_env else None,
@@ -55,6 +60,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             health_sensor(settings, contracts),
         ],
         resources={"dw": resource},
+        loggers={LOGGER_KEY: json_lines_logger} if json_logs else None,
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dw_pipelines.core.errors import ConfigurationError
+from dw_pipelines.core.logs import LOG_FORMATS
 from dw_pipelines.core.objectstore import S3Options, split_endpoint
 from dw_pipelines.core.retry import RetryPolicy
 
@@ -90,6 +91,8 @@ class Settings:
     # Whether a run whose steps failed is re-executed by Dagster's run retries (when a run opts
     # in with dagster/max_retries): no, the steps' own retries are spent by then.
     run_retry_on_asset_or_op_failure: bool = False
+    # "text" for a terminal, "json" for a cluster's log pipeline (core/logs.py).
+    log_format: str = "text"
     # `metrics serve`: each scrape reads the outbox in one read-only transaction bounded by this
     # statement timeout (PostgreSQL only); connects and `/readyz` give up after the connect timeout.
     metrics_statement_timeout_ms: int = 5000
@@ -154,6 +157,7 @@ class Settings:
             run_retry_on_asset_or_op_failure=_bool(
                 env, "DW_RUN_RETRY_ON_ASSET_OR_OP_FAILURE", False
             ),
+            log_format=_choice(env, "DW_LOG_FORMAT", "text", LOG_FORMATS),
             fault_injection=env.get("DW_FAULT_INJECTION", ""),
             metrics_statement_timeout_ms=_int(
                 env, "DW_METRICS_STATEMENT_TIMEOUT_MS", 5000, minimum=1
@@ -234,6 +238,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     if value < minimum:
         raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in choices:
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -693,3 +693,11 @@ def test_run_pods_get_the_object_storage_settings_the_worker_reads(values):
     text = HELM_VALUES_PATH.read_text()
     for commented in ("DW_S3_REGION=", "DW_S3_ENDPOINT_URL=", "eks.amazonaws.com/role-arn:"):
         assert f"# - {commented}" in text or f"#   {commented}" in text, commented
+
+
+def test_the_worker_logs_json_on_the_cluster(values):
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert env_value(deployment["env"], "DW_LOG_FORMAT") == "json"
+    env_vars = values["runLauncher"]["config"]["k8sRunLauncher"]["envVars"]
+    assert "DW_LOG_FORMAT=json" in env_vars
+    assert Settings.from_env({"DW_LOG_FORMAT": "json"}).log_format == "json"

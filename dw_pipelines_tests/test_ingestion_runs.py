@@ -101,7 +101,9 @@ def test_append_job_loads_exact_rows_with_lineage_and_metadata(env):
     # Log lines start with the same searchable fields.
     fields = f"job_id={job.job_id} dataset=orders tenant=acme run_id={result.run_id}"
     messages = [record.user_message for record in instance.all_logs(result.run_id)]
-    assert sum(message.startswith(fields) for message in messages) == 2, messages
+    tagged = [message for message in messages if message.startswith(fields)]
+    assert len(tagged) == 3, messages  # staging, staged, promoted
+    assert "staged 6 rows" in tagged[1] and "promoted 6 rows" in tagged[2]
 
 
 def test_rerunning_a_job_leaves_storage_identical(env):

@@ -29,6 +29,7 @@ from dw_pipelines.core.contracts import ColumnSpec, DatasetContract
 from dw_pipelines.core.db import utcnow
 from dw_pipelines.core.errors import DwError, is_permanent
 from dw_pipelines.core.ingestion import PromoteResult, StageResult
+from dw_pipelines.core.logs import log_extra, log_fields
 from dw_pipelines.core.outbox import OutboxJob
 from dw_pipelines.core.retry import RetryPolicy
 from dw_pipelines.defs.resources import DwResource
@@ -59,13 +60,6 @@ def load_check_keys(contract: DatasetContract) -> list[dg.AssetCheckKey]:
     ]
 
 
-def log_fields(job_id: str, dataset: str | None, tenant: str | None, run_id: str | None) -> str:
-    """The key=value prefix every worker log line starts with, so logs can be searched and
-    parsed by job, dataset, tenant and run (unknown fields are left out)."""
-    fields = {"job_id": job_id, "dataset": dataset, "tenant": tenant, "run_id": run_id}
-    return " ".join(f"{k}={v}" for k, v in fields.items() if v)
-
-
 def describe(exc: BaseException) -> str:
     """One line for `last_error`: our messages as they are, others with their type."""
     if isinstance(exc, DwError):
@@ -91,6 +85,10 @@ def _guarded(
         error = dw.service.redact(describe(exc))
         if is_permanent(exc):
             _record(context, lambda: dw.service.fail(job_id, run_id, error))
+            context.log.error(
+                f"{log_fields(job_id, None, None, run_id)} job FAILED: {error}",
+                extra=log_extra("job_failed", job_id=job_id, run_id=run_id),
+            )
             raise dg.Failure(
                 description=error,
                 metadata={"job_id": job_id, "error_type": type(exc).__name__},
@@ -105,7 +103,8 @@ def _guarded(
             )
             context.log.warning(
                 f"{log_fields(job_id, None, None, run_id)} transient error, "
-                f"retry {retry_number + 1} of {policy.max_retries} in {delay:.1f}s: {error}"
+                f"retry {retry_number + 1} of {policy.max_retries} in {delay:.1f}s: {error}",
+                extra=log_extra("retry_scheduled", job_id=job_id, run_id=run_id),
             )
             raise dg.RetryRequested(max_retries=policy.max_retries, seconds_to_wait=delay) from exc
         attempts = retry_number + 1
@@ -366,11 +365,19 @@ def dataset_assets(
 
             def stage(job_id: str = job_id):
                 job = dw.service.start(job_id, context.run_id, dataset=dataset)
+                fields = {"dataset": dataset, "tenant": job.tenant_id, "run_id": context.run_id}
                 context.log.info(
                     f"{log_fields(job_id, dataset, job.tenant_id, context.run_id)} "
-                    f"attempt={job.attempts}: staging {job.command.source_uri}"
+                    f"attempt={job.attempts}: staging {job.command.source_uri}",
+                    extra=log_extra("staging", job_id=job_id, **fields),
                 )
-                return job, dw.service.stage(job, context.run_id)
+                staged = dw.service.stage(job, context.run_id)
+                context.log.info(
+                    f"{log_fields(job_id, dataset, job.tenant_id, context.run_id)} "
+                    f"staged {staged.rows} rows in {staged.seconds:.2f}s",
+                    extra=log_extra("staged", job_id=job_id, **fields),
+                )
+                return job, staged
 
             try:
                 results.append(_guarded(context, dw, job_id, policy, stage))
@@ -401,7 +408,14 @@ def dataset_assets(
             for job, _ in results:
                 _record(context, lambda job=job: dw.service.fail(job.job_id, context.run_id, error))
                 context.log.error(
-                    f"{log_fields(job.job_id, dataset, job.tenant_id, context.run_id)} {error}"
+                    f"{log_fields(job.job_id, dataset, job.tenant_id, context.run_id)} {error}",
+                    extra=log_extra(
+                        "staging_check_failed",
+                        job_id=job.job_id,
+                        dataset=dataset,
+                        tenant=job.tenant_id,
+                        run_id=context.run_id,
+                    ),
                 )
         return outcomes
 
@@ -524,7 +538,14 @@ def dataset_assets(
             result = _guarded(context, dw, job_id, policy, promote)
             context.log.info(
                 f"{log_fields(job_id, dataset, result.tenant_id, context.run_id)} "
-                f"promoted {result.rows} rows ({result.write_mode}); job COMPLETED"
+                f"promoted {result.rows} rows ({result.write_mode}); job COMPLETED",
+                extra=log_extra(
+                    "promoted",
+                    job_id=job_id,
+                    dataset=dataset,
+                    tenant=result.tenant_id,
+                    run_id=context.run_id,
+                ),
             )
             results.append(result)
         outcomes = _storage_checks(context, dw, results)

@@ -22,9 +22,10 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from dw_pipelines.core.contracts import ContractRegistry, DatasetContract
 from dw_pipelines.core.db import utcnow
 from dw_pipelines.core.errors import InvalidTransition
+from dw_pipelines.core.logs import log_extra, log_fields
 from dw_pipelines.core.outbox import DwIngestionJobQueue, OutboxJob, redispatch_cutoff
 from dw_pipelines.core.reconcile import COMPLETE, FAIL_DEAD_RUN, Decision, RunInfo, decide
-from dw_pipelines.defs.assets import load_check_keys, log_fields, staging_key, storage_key
+from dw_pipelines.defs.assets import load_check_keys, staging_key, storage_key
 from dw_pipelines.defs.k8s import k8s_config_tag
 from dw_pipelines.defs.partitions import business_date_partitions
 from dw_pipelines.defs.resources import DwResource
@@ -111,12 +112,18 @@ def outbox_sensor(
             if problem:
                 queue.fail(job.job_id, None, problem, require_run=False)
                 context.log.error(
-                    f"{log_fields(job.job_id, job.dataset, job.tenant_id, None)} {problem}"
+                    f"{log_fields(job.job_id, job.dataset, job.tenant_id, None)} {problem}",
+                    extra=log_extra(
+                        "job_refused", job_id=job.job_id, dataset=job.dataset, tenant=job.tenant_id
+                    ),
                 )
                 continue
             requests.append(run_request_for(job, contracts.get(job.dataset), settings))
             context.log.info(
-                f"{log_fields(job.job_id, job.dataset, job.tenant_id, None)} run requested"
+                f"{log_fields(job.job_id, job.dataset, job.tenant_id, None)} run requested",
+                extra=log_extra(
+                    "run_requested", job_id=job.job_id, dataset=job.dataset, tenant=job.tenant_id
+                ),
             )
         if not requests:
             return dg.SkipReason("no due PENDING jobs in dw_ingestion_outbox")
@@ -168,7 +175,14 @@ def reconciler_sensor(settings: Settings) -> dg.SensorDefinition:
             settled.append(f"{job.job_id}: {decision.action}")
             context.log.warning(
                 f"{log_fields(job.job_id, job.dataset, job.tenant_id, decision.run_id)} "
-                f"{decision.action}: {decision.reason}"
+                f"{decision.action}: {decision.reason}",
+                extra=log_extra(
+                    "reconciled",
+                    job_id=job.job_id,
+                    dataset=job.dataset,
+                    tenant=job.tenant_id,
+                    run_id=decision.run_id,
+                ),
             )
         return dg.SkipReason(
             f"checked {len(rows)} in-flight job(s); settled {len(settled)}"
