@@ -15,6 +15,7 @@ import pyarrow.json as pajson
 import pytest
 
 from dw_pipelines.core.jsonarray import JsonArrayError, JsonArrayLines, sniff_json_layout
+from dw_pipelines.core.readers import READ_AHEAD_BLOCKS, _PacedStream
 
 # 1, 2 and 3 put every block boundary inside strings, escapes, a BOM and `,\n  {` runs.
 BLOCK_SIZES = (1, 2, 3, 7, 64, 1 << 20)
@@ -549,20 +550,42 @@ def test_a_large_array_streams_in_bounded_memory():
     elements = 50_000_000 // len(_GeneratedArray.ELEMENT)
     raw = _GeneratedArray(elements)
     recorder = _Recorder(JsonArrayLines(raw, block))
+    # Read as `readers._read_jsonl` reads, through `_PacedStream`: it holds Arrow's read-ahead to
+    # READ_AHEAD_BLOCKS (unpaced, Arrow reads up to 32 blocks ahead of a slow consumer, and the
+    # peak below then depends on the scheduler), and its handoff counts the stream and every
+    # buffer handed to Arrow until Arrow has freed them.
+    stream = _PacedStream(recorder, READ_AHEAD_BLOCKS)
+    handoff = stream.handoff
+    reader = None
     tracemalloc.start()
     try:
         reader = pajson.open_json(
-            recorder,
+            stream,
             read_options=pajson.ReadOptions(block_size=block),
             parse_options=pajson.ParseOptions(explicit_schema=CARS_SCHEMA),
         )
         rows = 0
         for batch in reader:
+            stream.taken()
             rows += batch.num_rows
             last = batch
         _, peak = tracemalloc.get_traced_memory()
     finally:
+        # tracemalloc must not stop while one of Arrow's threads may be taking the GIL. Arrow
+        # frees the buffers it read (and at last the stream) on its own threads, also after the
+        # last batch; each free first creates a Python thread state (PyGILState_Ensure), which
+        # is allocated through tracemalloc's raw-memory hook, and the hook then waits for the
+        # GIL. On Python 3.11, a hook entered before `tracemalloc.stop()` that gets the GIL
+        # after it dereferences the traceback buffer stop() has freed and set to NULL: a
+        # segfault on an Arrow thread (traceback_new, "<no Python frame>") while the main
+        # thread is already in a later test. CPython gh-128679, fixed in 3.12.9 and 3.13.2, not
+        # in 3.11; production never runs tracemalloc. Once the handoff is empty Arrow holds
+        # nothing of Python's, so none of its threads takes the GIL for this reader again.
+        stream.release()
+        reader = stream = None
+        let_go = handoff.wait(10)
         tracemalloc.stop()
+    assert let_go, "Arrow's threads still hold the stream or buffers read from it"
     assert raw.size > 49_000_000
     assert rows == elements
     assert last.to_pylist()[-1] == CARS[0]
