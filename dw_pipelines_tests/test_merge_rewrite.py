@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from dw_pipelines.core import warehouse as warehouse_module
 from dw_pipelines.core.errors import TransientError
 from dw_pipelines.core.faults import reset_fault_counters
+from dw_pipelines.core.warehouse import promote_merge as warehouse_module
 from dw_pipelines.services import build_service, dispose
 from dw_pipelines_tests.conftest import make_settings
 from dw_pipelines_tests.test_load_paths import (

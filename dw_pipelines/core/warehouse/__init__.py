@@ -1,0 +1,286 @@
+"""The warehouse: per-dataset staging and storage tables, bulk staging loads, atomic promotion.
+
+Layout: schema `dw_staging` and `dw_storage`, one table per dataset named after the dataset (on
+SQLite the two schemas are attached database files next to the main one), plus
+`dw_storage._dw_loads`, one row per (dataset, job) promoted: when, for which tenant, how many rows.
+
+* Staging rows carry `_dw_job_id` and `_dw_row_number` (the 1-based data row in the source file).
+  On Postgres `dw_staging.<dataset>` is partitioned by job: each job loads its own UNLOGGED
+  partition (scratch that a retry reloads; no WAL), so loading needs no index and discarding a
+  job's rows is a DROP, not a million-row DELETE.
+* Postgres loads staging with binary COPY straight from Arrow record batches through ADBC
+  (`DW_PG_LOAD_METHOD=adbc`; the default `auto` uses it from 1 MiB up) or with text COPY fed by
+  Arrow's CSV writer (`copy-csv`); SQLite uses executemany. Tests hold the paths to identical
+  storage content.
+* Storage rows carry the lineage columns `_dw_job_id`, `_dw_tenant_id` and `_dw_loaded_at`.
+  `append`: promotion deletes the job's previous rows (found through `_dw_loads` and a BRIN index
+  on `_dw_loaded_at`, cheap to maintain on an append-only table) and inserts the staged ones.
+  `merge`: promotion deletes the rows whose values change and inserts new and changed rows, keyed
+  by (`_dw_tenant_id`, primary key), so one tenant never touches another's rows and unchanged rows
+  keep their lineage (the job that last changed them). Either way promotion is one transaction,
+  and re-running it leaves storage as it was.
+
+The class is assembled from one module per concern, each readable on its own: `staging.py` (the
+loads and a job's partition), `promote_append.py`, `promote_merge.py` (the three merge
+strategies and their statistics); table definitions are in `core.tables`, schema changes in
+`core.evolution`.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from dw_pipelines.core.contracts import DatasetContract
+from dw_pipelines.core.db import create_db_engine
+from dw_pipelines.core.errors import ConfigurationError
+from dw_pipelines.core.evolution import Evolution, Plan, versions_table
+from dw_pipelines.core.faults import NO_FAULTS, Faults
+from dw_pipelines.core.tables import (
+    JOB_ID_COLUMN,
+    LOADED_AT_COLUMN,
+    LOADS_TABLE,
+    STAGING_SCHEMA,
+    STORAGE_SCHEMA,
+    TENANT_COLUMN,
+    DatasetTables,
+    define_tables,
+    staging_partition,
+)
+from dw_pipelines.core.warehouse.promote_append import AppendPromotion
+from dw_pipelines.core.warehouse.promote_merge import MERGE_REWRITE_MIN_ROWS, MergePromotion
+from dw_pipelines.core.warehouse.staging import LOAD_METHODS, StagingLoads
+
+
+@dataclass(frozen=True)
+class PromotionCounts:
+    rows: int  # staged rows
+    inserted: int  # rows written to storage
+    deleted: int  # rows removed first (the job's previous load, or changed merge rows)
+    strategy: str = "insert"  # append: "insert"; merge: "in-place" or "rewrite"
+
+
+def create_warehouse_engine(url: str) -> Engine:
+    """An engine whose connections see the `dw_staging` and `dw_storage` schemas."""
+    engine = create_db_engine(url)
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if not database or database == ":memory:":
+            raise ConfigurationError(
+                "DW_WAREHOUSE_URL: an in-memory SQLite warehouse is not supported"
+            )
+        folder = Path(database).resolve().parent
+
+        def attach(dbapi_connection, _record) -> None:
+            for schema in (STAGING_SCHEMA, STORAGE_SCHEMA):
+                dbapi_connection.execute(
+                    f"ATTACH DATABASE ? AS {schema}", (str(folder / f"{schema}.db"),)
+                )
+                dbapi_connection.execute(f"PRAGMA {schema}.journal_mode=WAL")
+
+        sa.event.listen(engine, "connect", attach)
+    return engine
+
+
+class Warehouse(StagingLoads, AppendPromotion, MergePromotion):
+    """Staging and storage tables of the datasets, on one engine.
+
+    Args:
+        engine: the warehouse database.
+        faults: fault-injection checkpoints (tests only).
+        load_method: how Postgres staging is loaded: "adbc" (binary COPY from Arrow),
+            "copy-csv" (text COPY on the pooled connection) or "auto" (ADBC from 1 MiB up);
+            ignored on SQLite.
+        merge_rewrite_share: a merge job that changes at least this share of the stored rows
+            rewrites the table instead of updating it in place (Postgres; None: never).
+        merge_rewrite_min_rows: jobs with fewer staged rows always merge in place.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        faults: Faults = NO_FAULTS,
+        load_method: str = "auto",
+        merge_rewrite_share: float | None = 0.5,
+        merge_rewrite_min_rows: int = MERGE_REWRITE_MIN_ROWS,
+    ):
+        if load_method not in LOAD_METHODS:
+            raise ConfigurationError(
+                f"DW_PG_LOAD_METHOD must be one of {', '.join(LOAD_METHODS)}, got {load_method!r}"
+            )
+        self.engine = engine
+        self.faults = faults
+        self.load_method = load_method
+        self.merge_rewrite_share = merge_rewrite_share
+        self.merge_rewrite_min_rows = merge_rewrite_min_rows
+        self.dialect = engine.dialect.name
+        self._postgres = self.dialect == "postgresql"
+        self._metadata = sa.MetaData()
+        self._tables: dict[str, DatasetTables] = {}
+        # The schema version of each dataset whose tables this process has ensured.
+        self._schema_versions: dict[str, int] = {}
+        self.loads = sa.Table(
+            LOADS_TABLE,
+            self._metadata,
+            sa.Column("dataset", sa.String(63), primary_key=True),
+            sa.Column("job_id", sa.String(128), primary_key=True),
+            sa.Column("tenant_id", sa.String(64), nullable=False),
+            sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False),
+            sa.Column("rows", sa.BigInteger(), nullable=False),
+            # The dataset's schema version the job loaded with (NULL: loaded before versions).
+            sa.Column("schema_version", sa.Integer(), nullable=True),
+            schema=STORAGE_SCHEMA,
+        )
+        self.versions = versions_table(self._metadata)
+        self.evolution = Evolution(
+            engine, self._metadata, self.tables, [self.loads, self.versions], faults
+        )
+
+    # ------------------------------------------------------------------------------ tables
+
+    def tables(self, contract: DatasetContract) -> DatasetTables:
+        if contract.name not in self._tables:
+            self._tables[contract.name] = define_tables(self._metadata, contract, self.dialect)
+        return self._tables[contract.name]
+
+    def ensure_tables(
+        self, contract: DatasetContract, applied_by: str = "dw-pipelines worker"
+    ) -> DatasetTables:
+        """Create the dataset's tables if missing and apply the safe changes of a changed
+        contract (`core.evolution`; raises `SchemaChangeRequired` for the others). Once per
+        dataset and process: a run's later steps reuse the answer."""
+        tables = self.tables(contract)
+        if contract.name not in self._schema_versions:
+            version = self.evolution.ensure(contract, applied_by)
+            self._schema_versions[contract.name] = version
+        return tables
+
+    def schema_version(self, contract: DatasetContract) -> int:
+        """The schema version of the dataset's storage (its tables ensured first)."""
+        self.ensure_tables(contract)
+        return self._schema_versions[contract.name]
+
+    def plan(self, contract: DatasetContract) -> Plan:
+        """What storage needs to match the contract (nothing is changed)."""
+        return self.evolution.plan(contract)
+
+    def migrate(
+        self,
+        contract: DatasetContract,
+        applied_by: str,
+        allow_destructive: bool,
+        expected: Plan | None = None,
+    ) -> tuple[Plan, int]:
+        """Apply the dataset's plan (see `Evolution.apply`); returns it and the new version."""
+        applied, version = self.evolution.apply(
+            contract, applied_by, allow_destructive, expected=expected
+        )
+        self._schema_versions[contract.name] = version
+        return applied, version
+
+    # ----------------------------------------------------------------------------- storage
+
+    def promote(
+        self, contract: DatasetContract, job_id: str, tenant_id: str, loaded_at: datetime
+    ) -> PromotionCounts:
+        """Move the job's staged rows into storage in one transaction."""
+        tables = self.ensure_tables(contract)
+        storage = tables.storage
+        data = contract.column_names
+        staged, of_job = self._staged_rows(tables.staging, contract, job_id)
+        source = sa.select(
+            *[staged.c[c] for c in data],
+            staged.c[JOB_ID_COLUMN],
+            sa.literal(tenant_id, sa.String(64)).label(TENANT_COLUMN),
+            sa.literal(loaded_at, sa.DateTime(timezone=True)).label(LOADED_AT_COLUMN),
+        ).where(of_job)
+        target_columns = [*data, JOB_ID_COLUMN, TENANT_COLUMN, LOADED_AT_COLUMN]
+        with self.engine.begin() as conn:
+            if contract.write_mode == "append":
+                rows, inserted, deleted = self._promote_append(
+                    conn, contract, storage, source, target_columns, job_id
+                )
+                strategy = "insert"
+            else:
+                rows, inserted, deleted, strategy = self._promote_merge(
+                    conn, contract, storage, staged, of_job, source, target_columns, tenant_id
+                )
+            self._record_load(
+                conn,
+                contract.name,
+                job_id,
+                tenant_id,
+                loaded_at,
+                rows,
+                self._schema_versions[contract.name],
+            )
+            self.faults.hit("promote.before_commit", conn)
+        if self._postgres and contract.write_mode == "merge" and inserted + deleted:
+            self._analyze_if_stale(storage, contract, changed_rows=inserted + deleted)
+        return PromotionCounts(
+            rows=rows,
+            inserted=inserted,
+            deleted=deleted,
+            strategy=strategy,
+        )
+
+    def _staged_rows(
+        self, staging: sa.Table, contract: DatasetContract, job_id: str
+    ) -> tuple[sa.FromClause, sa.ColumnElement]:
+        """What promotion reads the job's staged rows from, and the condition that picks them.
+
+        On Postgres that is the job's own partition, named directly: it holds that job's rows
+        only, so no row needs the job-id test that reading through the parent table applies to
+        each of them (measured ~0.03 s per scan of 1M rows; a merge scans them three times).
+        """
+        if not self._postgres:
+            staged = staging.alias("staged")
+            return staged, staged.c[JOB_ID_COLUMN] == job_id
+        partition = sa.table(
+            staging_partition(contract.name, job_id),
+            *[sa.column(c.name, c.type) for c in staging.columns],
+            schema=STAGING_SCHEMA,
+        ).alias("staged")
+        return partition, sa.true()
+
+    def _record_load(
+        self,
+        conn: Connection,
+        dataset: str,
+        job_id: str,
+        tenant_id: str,
+        loaded_at: datetime,
+        rows: int,
+        schema_version: int,
+    ) -> None:
+        insert = postgresql.insert if self._postgres else sqlite.insert
+        values = {
+            "dataset": dataset,
+            "job_id": job_id,
+            "tenant_id": tenant_id,
+            "loaded_at": loaded_at,
+            "rows": rows,
+            "schema_version": schema_version,
+        }
+        statement = insert(self.loads).values(**values)
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["dataset", "job_id"],
+                set_={
+                    k: statement.excluded[k]
+                    for k in ("tenant_id", "loaded_at", "rows", "schema_version")
+                },
+            )
+        )
+
+    def storage_rows(self, contract: DatasetContract, job_id: str | None = None) -> int:
+        """Rows in storage (of one job). A scan: for checks and tests, not the hot path."""
+        storage = self.ensure_tables(contract).storage
+        query = sa.select(sa.func.count()).select_from(storage)
+        if job_id is not None:
+            query = query.where(storage.c[JOB_ID_COLUMN] == job_id)
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one()
