@@ -60,6 +60,9 @@ from dw_pipelines.core.tables import (
 )
 
 VERSIONS_TABLE = "_dw_schema_versions"
+# Columns `_dw_loads` gained after its first release: older warehouses get them (NULL for the
+# loads before) the first time a dataset is ensured.
+LOADS_COLUMNS_ADDED = ("schema_version", "enqueued_at")
 LINEAGE_COLUMNS = frozenset({JOB_ID_COLUMN, ROW_NUMBER_COLUMN, TENANT_COLUMN, LOADED_AT_COLUMN})
 # One lock for all DDL of the warehouse: creating and migrating tables is rare and quick to
 # queue, and two runs creating tables at once would otherwise collide in the catalog.
@@ -729,7 +732,7 @@ def inspect(conn: Connection, contract: DatasetContract, tables: DatasetTables) 
     staging = shapes.get(STAGING_SCHEMA)
     if staging is not None and conn.dialect.name == "sqlite":
         staging = _sqlite_decimals(staging, None, contract)
-    loads_ready = "schema_version" in bookkeeping.get("_dw_loads", set())
+    loads_ready = set(LOADS_COLUMNS_ADDED) <= bookkeeping.get("_dw_loads", set())
     return CatalogState(
         storage=storage,
         staging=staging,
@@ -1079,10 +1082,13 @@ class Evolution:
         self.metadata.create_all(conn, tables=self.bookkeeping, checkfirst=True)
         loads = next(t for t in self.bookkeeping if t.name != VERSIONS_TABLE)
         columns = {c["name"] for c in sa.inspect(conn).get_columns(loads.name, loads.schema)}
-        if "schema_version" not in columns:
-            # Warehouses from before schema versions: the loads table gains the column.
-            table = f"{STORAGE_SCHEMA}.{loads.name}"
-            conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN schema_version INTEGER"))
+        table = f"{STORAGE_SCHEMA}.{loads.name}"
+        for name in LOADS_COLUMNS_ADDED:
+            if name not in columns:
+                sql_type = loads.c[name].type.compile(dialect=conn.dialect)
+                conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
+        for index in loads.indexes:  # create_all adds them to new tables only
+            index.create(conn, checkfirst=True)
 
     def history(self, dataset: str) -> list[dict[str, Any]]:
         """The recorded versions of a dataset, oldest first."""

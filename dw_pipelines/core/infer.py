@@ -617,8 +617,14 @@ def _sample_parquet(source: SourceFile, sample_rows: int) -> tuple[list[_Column]
     for index, arrow_field in enumerate(schema):
         values: list[str | None] = []
         if batch is not None:
-            # As text: what the key check compares (bounded by the sample).
-            values = [None if v is None else str(v) for v in batch.column(index).to_pylist()]
+            # As text: what the key check compares (bounded by the sample). Arrow's own cast
+            # first: Python objects cannot hold every value (a nanosecond timestamp needs
+            # pandas, which pyarrow may fail to import in this process).
+            column = batch.column(index)
+            try:
+                values = column.cast(pa.string()).to_pylist()
+            except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+                values = [None if v is None else str(v) for v in column.to_pylist()]
         columns.append(_Column(arrow_field.name, values, arrow_type=arrow_field.type))
     return columns, batch is not None and batch.num_rows >= total
 

@@ -96,6 +96,8 @@ class PromoteResult:
     seconds: float
     strategy: str = "insert"  # how storage was written: append "insert"; merge "in-place"/"rewrite"
     schema_version: int | None = None  # the dataset's schema version storage had (core.evolution)
+    # merge: staged rows left unapplied because a job enqueued later had already written the key
+    kept_newer: int = 0
 
     def details(self) -> dict[str, Any]:
         return {
@@ -105,6 +107,7 @@ class PromoteResult:
             "schema_version": self.schema_version,
             "inserted": self.inserted,
             "deleted": self.deleted,
+            **({"kept_newer": self.kept_newer} if self.kept_newer else {}),
             "seconds": round(self.seconds, 3),
         }
 
@@ -266,7 +269,11 @@ class IngestionService:
             )
         self.queue.start(job_id, run_id)
         counts = self.warehouse.promote(
-            contract, job_id, job.tenant_id, loaded_at=self.queue.clock()
+            contract,
+            job_id,
+            job.tenant_id,
+            loaded_at=self.queue.clock(),
+            enqueued_at=job.created_at,
         )
         result = PromoteResult(
             job_id=job_id,
@@ -279,6 +286,7 @@ class IngestionService:
             seconds=time.monotonic() - started,
             strategy=counts.strategy,
             schema_version=self.warehouse.schema_version(contract),
+            kept_newer=counts.kept_newer,
         )
         self.queue.record_step(job_id, run_id, PROMOTED, result.details())
         self.queue.complete(job_id, run_id, rows_loaded=counts.rows, details=result.details())

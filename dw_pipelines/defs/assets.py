@@ -559,6 +559,12 @@ def dataset_assets(
                 "write_mode": contract.write_mode,
                 "inserted": dg.MetadataValue.int(sum(r.inserted for r in results)),
                 "deleted": dg.MetadataValue.int(sum(r.deleted for r in results)),
+                # merge: rows whose key a job enqueued later had already written (kept)
+                **(
+                    {"kept_newer": dg.MetadataValue.int(kept)}
+                    if (kept := sum(r.kept_newer for r in results))
+                    else {}
+                ),
                 # merge: "rewrite" when a job replaced most of the table (readers waited on it)
                 "strategy": ", ".join(sorted({r.strategy for r in results})),
                 # The contract version storage had; the column schema with it, so that the

@@ -54,6 +54,9 @@ from dw_pipelines.core.warehouse.promote_append import AppendPromotion
 from dw_pipelines.core.warehouse.promote_merge import MERGE_REWRITE_MIN_ROWS, MergePromotion
 from dw_pipelines.core.warehouse.staging import LOAD_METHODS, StagingLoads
 
+# The advisory lock space of merge promotions (with the dataset's name: one lock per dataset).
+MERGE_LOCK = "dw_pipelines.merge"
+
 
 @dataclass(frozen=True)
 class PromotionCounts:
@@ -61,6 +64,8 @@ class PromotionCounts:
     inserted: int  # rows written to storage
     deleted: int  # rows removed first (the job's previous load, or changed merge rows)
     strategy: str = "insert"  # append: "insert"; merge: "in-place" or "rewrite"
+    # merge: staged rows not applied because a job enqueued later already wrote their key
+    kept_newer: int = 0
 
 
 def create_warehouse_engine(url: str) -> Engine:
@@ -132,6 +137,10 @@ class Warehouse(StagingLoads, AppendPromotion, MergePromotion):
             sa.Column("rows", sa.BigInteger(), nullable=False),
             # The dataset's schema version the job loaded with (NULL: loaded before versions).
             sa.Column("schema_version", sa.Integer(), nullable=True),
+            # When the job entered the outbox: merges apply in this order (`_newer_loads`).
+            # NULL for jobs loaded before the column, and for promotions that did not say.
+            sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=True),
+            sa.Index(f"ix{LOADS_TABLE}_order", "dataset", "tenant_id", "enqueued_at"),
             schema=STORAGE_SCHEMA,
         )
         self.versions = versions_table(self._metadata)
@@ -184,9 +193,22 @@ class Warehouse(StagingLoads, AppendPromotion, MergePromotion):
     # ----------------------------------------------------------------------------- storage
 
     def promote(
-        self, contract: DatasetContract, job_id: str, tenant_id: str, loaded_at: datetime
+        self,
+        contract: DatasetContract,
+        job_id: str,
+        tenant_id: str,
+        loaded_at: datetime,
+        enqueued_at: datetime | None = None,
     ) -> PromotionCounts:
-        """Move the job's staged rows into storage in one transaction."""
+        """Move the job's staged rows into storage in one transaction.
+
+        Merges of one dataset promote one at a time (`_serialize_merges`), and apply in outbox
+        order, `enqueued_at` then job id, whatever order their runs reach this point in: a key
+        a later-enqueued job already wrote keeps that job's row (`_newer_loads`). So the table
+        ends as if the jobs had run one after the other in the order they were enqueued, also
+        when two runs of a dataset overlap (a run queue without the per-dataset limit, a UI
+        re-execution, `outbox retry` of an old job).
+        """
         tables = self.ensure_tables(contract)
         storage = tables.storage
         data = contract.column_names
@@ -198,6 +220,7 @@ class Warehouse(StagingLoads, AppendPromotion, MergePromotion):
             sa.literal(loaded_at, sa.DateTime(timezone=True)).label(LOADED_AT_COLUMN),
         ).where(of_job)
         target_columns = [*data, JOB_ID_COLUMN, TENANT_COLUMN, LOADED_AT_COLUMN]
+        kept_newer = 0
         with self.engine.begin() as conn:
             if contract.write_mode == "append":
                 rows, inserted, deleted = self._promote_append(
@@ -205,8 +228,18 @@ class Warehouse(StagingLoads, AppendPromotion, MergePromotion):
                 )
                 strategy = "insert"
             else:
-                rows, inserted, deleted, strategy = self._promote_merge(
-                    conn, contract, storage, staged, of_job, source, target_columns, tenant_id
+                self._serialize_merges(conn, contract)
+                newer = self._newer_loads(conn, contract, tenant_id, job_id, enqueued_at)
+                rows, inserted, deleted, strategy, kept_newer = self._promote_merge(
+                    conn,
+                    contract,
+                    storage,
+                    staged,
+                    of_job,
+                    source,
+                    target_columns,
+                    tenant_id,
+                    newer,
                 )
             self._record_load(
                 conn,
@@ -216,6 +249,7 @@ class Warehouse(StagingLoads, AppendPromotion, MergePromotion):
                 loaded_at,
                 rows,
                 self._schema_versions[contract.name],
+                enqueued_at,
             )
             self.faults.hit("promote.before_commit", conn)
         if self._postgres and contract.write_mode == "merge" and inserted + deleted:
@@ -225,7 +259,48 @@ class Warehouse(StagingLoads, AppendPromotion, MergePromotion):
             inserted=inserted,
             deleted=deleted,
             strategy=strategy,
+            kept_newer=kept_newer,
         )
+
+    def _serialize_merges(self, conn: Connection, contract: DatasetContract) -> None:
+        """Wait until no other merge of this dataset is promoting, for this transaction.
+
+        Two merges at once would each miss the other's uncommitted rows: one's insert of "new"
+        keys would then collide with the other's (a unique violation), or skip a key the other
+        just deleted and re-inserted (a lost update). Serialized, each one's statements see the
+        other's committed result. The lock is taken first, before any row lock, so two
+        promotions cannot deadlock on it, and readers never wait for it. On SQLite the
+        database's write lock already serializes writers.
+        """
+        if self._postgres:
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtext(:space), hashtext(:dataset))"),
+                {"space": MERGE_LOCK, "dataset": contract.name},
+            )
+
+    def _newer_loads(
+        self,
+        conn: Connection,
+        contract: DatasetContract,
+        tenant_id: str,
+        job_id: str,
+        enqueued_at: datetime | None,
+    ) -> sa.Select | None:
+        """The job ids of this tenant's loads of the dataset enqueued after this job, if any
+        promoted already (None if none did, which is the usual case, or the order is unknown)."""
+        if enqueued_at is None:
+            return None
+        loads = self.loads
+        later = sa.or_(
+            loads.c.enqueued_at > enqueued_at,
+            sa.and_(loads.c.enqueued_at == enqueued_at, loads.c.job_id > job_id),
+        )
+        newer = sa.select(loads.c.job_id).where(
+            loads.c.dataset == contract.name, loads.c.tenant_id == tenant_id, later
+        )
+        if conn.execute(sa.select(newer.exists())).scalar_one():
+            return newer
+        return None
 
     def _staged_rows(
         self, staging: sa.Table, contract: DatasetContract, job_id: str
@@ -255,6 +330,7 @@ class Warehouse(StagingLoads, AppendPromotion, MergePromotion):
         loaded_at: datetime,
         rows: int,
         schema_version: int,
+        enqueued_at: datetime | None,
     ) -> None:
         insert = postgresql.insert if self._postgres else sqlite.insert
         values = {
@@ -264,6 +340,7 @@ class Warehouse(StagingLoads, AppendPromotion, MergePromotion):
             "loaded_at": loaded_at,
             "rows": rows,
             "schema_version": schema_version,
+            "enqueued_at": enqueued_at,
         }
         statement = insert(self.loads).values(**values)
         conn.execute(
@@ -271,7 +348,7 @@ class Warehouse(StagingLoads, AppendPromotion, MergePromotion):
                 index_elements=["dataset", "job_id"],
                 set_={
                     k: statement.excluded[k]
-                    for k in ("tenant_id", "loaded_at", "rows", "schema_version")
+                    for k in ("tenant_id", "loaded_at", "rows", "schema_version", "enqueued_at")
                 },
             )
         )

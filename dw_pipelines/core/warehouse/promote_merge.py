@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 from dw_pipelines.core.contracts import DatasetContract
 from dw_pipelines.core.tables import (
+    JOB_ID_COLUMN,
     STORAGE_SCHEMA,
     TENANT_COLUMN,
 )
@@ -64,30 +65,28 @@ class MergePromotion:
         source: sa.Select,
         target_columns: list[str],
         tenant_id: str,
-    ) -> tuple[int, int, int, str]:
+        newer: sa.Select | None = None,
+    ) -> tuple[int, int, int, str, int]:
         """Upsert the staged rows by (tenant, primary key): in place, by changed keys, or by a
-        rewrite of the table. Returns (rows, inserted, deleted, strategy)."""
+        rewrite of the table. `newer` selects the ids of jobs enqueued after this one that are
+        already in storage: their rows stay (see `Warehouse.promote`). Returns (rows, inserted,
+        deleted, strategy, kept_newer)."""
         rows = conn.execute(
             sa.select(sa.func.count()).select_from(staged).where(of_job)
         ).scalar_one()
-        strategy = "in-place"
         key_match, changed = _merge_predicates(storage, staged, contract, tenant_id)
-        if self._postgres:
-            # DELETE ... USING, not WHERE EXISTS: PostgreSQL plans the EXISTS form as a
-            # hash semi-join over the whole storage table even for a few staged rows
-            # (measured 0.58-0.73 s for 10,000 staged rows against 1M stored ones),
-            # the join form as index look-ups from the staged rows (0.06-0.08 s), and
-            # still as a hash join when most of the table changes. The staged keys are
-            # unique (checked while staging), so both delete the same rows.
-            delete = storage.delete().where(of_job, key_match, changed)
-        else:  # SQLite has no DELETE ... USING
-            delete = storage.delete().where(
-                sa.exists(sa.select(sa.literal(1)).where(of_job, key_match, changed))
-            )
         new_and_changed = storage.insert().from_select(
             target_columns,
             source.where(~sa.exists(sa.select(sa.literal(1)).where(key_match))),
         )
+        if newer is not None:
+            # Out of outbox order (rare): the plain statements, leaving the newer jobs' rows.
+            # Their keys then still exist, so the insert skips them too.
+            deleted, kept_newer = self._merge_under_newer(
+                conn, storage, staged, of_job, key_match, changed, newer
+            )
+            return rows, _rowcount(conn, new_and_changed), deleted, "in-place", kept_newer
+        strategy = "in-place"
         rewritten = self._rewrite_for_merge(
             conn, storage, staged, of_job, contract, tenant_id, rows
         )
@@ -100,9 +99,48 @@ class MergePromotion:
                 conn, storage, staged, source, target_columns, contract, tenant_id
             )
         else:
+            delete = self._delete_changed(storage, of_job, key_match, changed)
             deleted = conn.execute(delete).rowcount
             inserted = _rowcount(conn, new_and_changed)
-        return rows, inserted, deleted, strategy
+        return rows, inserted, deleted, strategy, 0
+
+    def _delete_changed(
+        self, storage: sa.Table, of_job: sa.ColumnElement, *conditions: sa.ColumnElement
+    ) -> sa.Delete:
+        """DELETE the stored rows that match a staged row (`of_job`) under `conditions`."""
+        if self._postgres:
+            # DELETE ... USING, not WHERE EXISTS: PostgreSQL plans the EXISTS form as a
+            # hash semi-join over the whole storage table even for a few staged rows
+            # (measured 0.58-0.73 s for 10,000 staged rows against 1M stored ones),
+            # the join form as index look-ups from the staged rows (0.06-0.08 s), and
+            # still as a hash join when most of the table changes. The staged keys are
+            # unique (checked while staging), so both delete the same rows.
+            return storage.delete().where(of_job, *conditions)
+        # SQLite has no DELETE ... USING
+        return storage.delete().where(
+            sa.exists(sa.select(sa.literal(1)).where(of_job, *conditions))
+        )
+
+    def _merge_under_newer(
+        self,
+        conn: Connection,
+        storage: sa.Table,
+        staged: sa.FromClause,
+        of_job: sa.ColumnElement,
+        key_match: sa.ColumnElement,
+        changed: sa.ColumnElement,
+        newer: sa.Select,
+    ) -> tuple[int, int]:
+        """Delete the changed rows that no newer job wrote. Returns (deleted, kept_newer): the
+        staged rows whose stored row a newer job wrote, and which therefore stay as they are."""
+        by_newer = storage.c[JOB_ID_COLUMN].in_(newer.scalar_subquery())
+        kept_newer = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(staged)
+            .where(of_job, sa.exists(sa.select(sa.literal(1)).where(key_match, by_newer)))
+        ).scalar_one()
+        delete = self._delete_changed(storage, of_job, key_match, changed, ~by_newer)
+        return conn.execute(delete).rowcount, kept_newer
 
     def _large_in_place(self, conn: Connection, rows: int) -> bool:
         """Whether an in-place merge is large enough to find its changed keys first (Postgres,
