@@ -37,6 +37,13 @@ BULK_ANTI_JOIN_SETTINGS = {
     "enable_mergejoin": "off",
     "jit": "off",
 }
+# A merge job whose staged rows are at most this share of the stored ones (a daily delta into a
+# big table) joins the table by primary-key look-ups only. The planner, costing random reads as
+# disk seeks, prefers to scan and hash the whole table once the job has some 10^4 rows; on a
+# cached table that made a 100,000-row delta cost 2.2 s against 1M stored rows and 8.4 s against
+# 10M (two full scans), growing with the table instead of the delta. See `_delta_settings`.
+DELTA_MAX_SHARE = 0.1
+INDEX_LOOKUP_SETTINGS = {"enable_hashjoin": "off", "enable_mergejoin": "off", "jit": "off"}
 # A merge job smaller than this never rewrites its storage table (see `Warehouse.promote`).
 MERGE_REWRITE_MIN_ROWS = 100_000
 # Staged rows a large merge looks up first to estimate how much of the table it changes.
@@ -87,6 +94,7 @@ class MergePromotion:
             )
             return rows, _rowcount(conn, new_and_changed), deleted, "in-place", kept_newer
         strategy = "in-place"
+        delta = self._delta_settings(conn, storage, rows)
         rewritten = self._rewrite_for_merge(
             conn, storage, staged, of_job, contract, tenant_id, rows
         )
@@ -96,13 +104,31 @@ class MergePromotion:
             conn.execute(sa.text(rewritten.restore_key))
         elif self._large_in_place(conn, rows):
             deleted, inserted = self._merge_by_changed_keys(
-                conn, storage, staged, source, target_columns, contract, tenant_id
+                conn, storage, staged, source, target_columns, contract, tenant_id, delta
             )
         else:
-            delete = self._delete_changed(storage, of_job, key_match, changed)
-            deleted = conn.execute(delete).rowcount
-            inserted = _rowcount(conn, new_and_changed)
+            with _planner_settings(conn, delta):
+                delete = self._delete_changed(storage, of_job, key_match, changed)
+                deleted = conn.execute(delete).rowcount
+                inserted = _rowcount(conn, new_and_changed)
         return rows, inserted, deleted, strategy, 0
+
+    def _delta_settings(self, conn: Connection, storage: sa.Table, rows: int) -> dict[str, str]:
+        """Planner settings for the statements that join the staged rows against the table:
+        key look-ups for a job that is a small share of it (`DELTA_MAX_SHARE`), else none.
+
+        Each staged row then costs a few index page reads whatever the table's size, where a
+        hash join reads every stored row. The share keeps the look-ups where they are cheaper:
+        measured on a cached 1M-row table, a look-up costs about as much as hashing 10-20
+        stored rows. reltuples is the planner's own estimate (-1: never analyzed).
+        """
+        if not self._postgres:
+            return {}
+        estimated = conn.execute(
+            sa.text("SELECT reltuples FROM pg_class WHERE oid = CAST(:name AS regclass)"),
+            {"name": f"{STORAGE_SCHEMA}.{storage.name}"},
+        ).scalar_one()
+        return INDEX_LOOKUP_SETTINGS if rows <= DELTA_MAX_SHARE * estimated else {}
 
     def _delete_changed(
         self, storage: sa.Table, of_job: sa.ColumnElement, *conditions: sa.ColumnElement
@@ -160,6 +186,7 @@ class MergePromotion:
         target_columns: list[str],
         contract: DatasetContract,
         tenant_id: str,
+        delta: dict[str, str],
     ) -> tuple[int, int]:
         """Merge a large job in place with one join of the file against the table.
 
@@ -179,7 +206,9 @@ class MergePromotion:
             .where(sa.or_(stored_key.is_(None), changed))
         )
         compiled = changed_keys.compile(conn)
-        with _planner_settings(conn, BULK_ANTI_JOIN_SETTINGS):  # the same kind of join
+        # A delta looks its keys up; a job as large as its table hashes it, the same kind of
+        # join as the rewrite's kept rows.
+        with _planner_settings(conn, delta or BULK_ANTI_JOIN_SETTINGS):
             conn.exec_driver_sql(
                 f"CREATE TEMPORARY TABLE dw_changed_keys ON COMMIT DROP AS {compiled}",
                 compiled.params,
@@ -188,13 +217,14 @@ class MergePromotion:
         found = sa.table(
             "dw_changed_keys", *[sa.column(k) for k in keys], sa.column("_dw_replaces", sa.Boolean)
         )
-        deleted = conn.execute(
-            storage.delete().where(
-                storage.c[TENANT_COLUMN] == tenant_id,
-                *[storage.c[k] == found.c[k] for k in keys],
-                found.c["_dw_replaces"],
-            )
-        ).rowcount
+        with _planner_settings(conn, delta):
+            deleted = conn.execute(
+                storage.delete().where(
+                    storage.c[TENANT_COLUMN] == tenant_id,
+                    *[storage.c[k] == found.c[k] for k in keys],
+                    found.c["_dw_replaces"],
+                )
+            ).rowcount
         is_found = sa.exists(
             sa.select(sa.literal(1)).where(*[found.c[k] == staged.c[k] for k in keys])
         )
