@@ -58,10 +58,103 @@ def test_ingest_benchmark_loads_and_verifies_every_method(pg_server_url: str):
 def test_dispatch_benchmark_measures_every_section(pg_server_url: str):
     document = run_benchmark("dispatch.py", "--quick", server_url=pg_server_url)
     measured = [(r["section"], r["measurement"]) for r in document["results"]]
-    assert {section for section, _ in measured} == {"enqueue", "sensor", "imports", "runs"}
+    assert {section for section, _ in measured} == {
+        "enqueue",
+        "sensor",
+        "imports",
+        "runs",
+        "same-shape",
+    }
     runs = [m for section, m in measured if section == "runs"]
     # Both instances are measured, each with the trivial job on the same instance.
     for instance in ("SQLite", "Postgres"):
         assert f"{instance} instance: ratio" in runs
     sensor = {r["measurement"]: r for r in document["results"] if r["section"] == "sensor"}
     assert sensor["run requests per tick"]["value"] == 100
+
+
+def test_concurrency_benchmark_runs_four_datasets_at_once(pg_server_url: str):
+    document = run_benchmark(
+        "concurrency.py", "--rows", "5000", "--mode", "service", server_url=pg_server_url
+    )
+    # The shipped run-coordinator limits, read from helm-values.yaml, let all four start.
+    assert document["coordinator"]["allowed_at_once"] == 4
+    phases = {p["phase"]: p for p in document["summary"]["phases"]}
+    assert (phases["single"]["rows"], phases["concurrent"]["rows"]) == (5000, 20000)
+    assert all(p["rows_per_second"] > 0 for p in phases.values())
+    # Every lock wait the sampler saw is counted; its longest is what the target judges.
+    assert document["summary"]["lock_waits"] >= 0 and "longest_wait_s" in document["summary"]
+
+
+def test_attach_benchmark_verifies_every_promotion(pg_server_url: str):
+    document = run_benchmark(
+        "attach.py",
+        "--rows",
+        "5000",
+        "--repeat",
+        "1",
+        "--default-rows",
+        "none,0",
+        server_url=pg_server_url,
+    )
+    methods = {(r["method"], r["default_rows"]) for r in document["results"]}
+    # The script compares each attach variant's storage with today's INSERT ... SELECT (row
+    # count, sum and a checksum over every data and lineage column), else it exits 1.
+    assert {m for m, _ in methods} == {"copy", "ingest", "attach-a", "attach-b"}
+    attach = [r for r in document["results"] if r["method"].startswith("attach")]
+    assert {r["default_rows"] for r in attach} == {None, 0}
+    assert all(r["seconds"] > 0 for r in document["results"])
+
+
+def test_dispatch_same_shape_compares_like_with_like(pg_server_url: str):
+    document = run_benchmark(
+        "dispatch.py", "--sections", "same-shape", "--quick", server_url=pg_server_url
+    )
+    rows = {r["measurement"]: r for r in document["results"]}
+    for instance in ("SQLite", "Postgres"):
+        noop = next(m for m in rows if m.startswith(f"{instance} instance: no-op job"))
+        # The no-op job copies the real assets' checks: the six load checks.
+        assert "6 checks" in noop
+        assert rows[f"{instance} instance: ratio"]["value"] > 0
+        share = next(r for m, r in rows.items() if m.startswith(f"{instance} instance: our steps"))
+        assert 0 < share["value"] < 1
+
+
+def test_dispatch_throughput_goes_through_the_real_daemon(pg_server_url: str):
+    document = run_benchmark(
+        "dispatch.py",
+        "--sections",
+        "throughput",
+        "--quick",
+        "--throughput-jobs",
+        "4",
+        server_url=pg_server_url,
+    )
+    rows = {r["measurement"]: r for r in document["results"]}
+    # The script stops with an error unless every outbox job ended COMPLETED with its 10 rows
+    # and every trivial run SUCCESS; here it reports both rates and their ratio.
+    ingestion = next(r for m, r in rows.items() if m.startswith("ingestion: 4 ten-row jobs"))
+    reference = next(r for m, r in rows.items() if m.startswith("reference: 4 runs"))
+    assert (ingestion["unit"], reference["unit"]) == ("jobs/min", "runs/min")
+    assert ingestion["value"] > 0 and reference["value"] > 0
+    ratio = rows["ratio ingestion / reference"]["value"]
+    assert abs(ratio - ingestion["value"] / reference["value"]) < 0.01
+
+
+def test_ingest_benchmark_merges_a_delta_into_tables_of_two_sizes(pg_server_url: str):
+    document = run_benchmark(
+        "ingest.py",
+        "--table-rows",
+        "5000,20000",
+        "--rows",
+        "1000",
+        "--methods",
+        "copy,ingest-merge",
+        server_url=pg_server_url,
+    )
+    merges = {r["table_rows"]: r for r in document["results"] if r["method"] == "ingest-merge"}
+    # The script checks each merge's table: N + 10 % new keys, and the delta's values.
+    assert set(merges) == {5000, 20000}
+    assert all(r["verified_rows"] == n + 100 for n, r in merges.items())
+    appends = [r for r in document["results"] if r["method"] == "ingest"]
+    assert appends and all(r["table_rows"] == 0 for r in appends)  # added as the reference
