@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+from dw_pipelines.core import validation
 from dw_pipelines.core.commands import DwIngestionCommand
 from dw_pipelines.core.contracts import DatasetContract
 from dw_pipelines.core.db import outbox
@@ -418,6 +419,23 @@ def test_type_mismatch_deep_in_a_large_file_names_line_row_and_column(batch_work
         job,
         result,
         "big.csv, line 50001, row 50000, column 'amount': value 'twelve'",
+    )
+
+
+def test_a_duplicate_key_among_spilled_key_hashes_is_found(
+    batch_worker: Worker, monkeypatch: pytest.MonkeyPatch
+):
+    # Key hashes past 5,000 rows go to the tracker's temporary file: a key of the first rows
+    # repeated near the end is still found, with both rows named.
+    monkeypatch.setattr(validation, "KEY_HASHES_IN_MEMORY", 5_000)
+    rows = [order_line(n) for n in range(1, 30_001)]
+    rows[28_000] = order_line(42)
+    source = write_orders(batch_worker.landing / "late_dupe.csv", *rows)
+
+    job, result = batch_worker.load(source)
+
+    assert_failed_cleanly(
+        batch_worker, job, result, "duplicate primary key (order_id=42) on rows 42 and 28001"
     )
 
 

@@ -2,6 +2,7 @@
 
 import datetime
 import decimal
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,8 @@ from dw_pipelines.core.readers import open_source
 from dw_pipelines.core.validation import KeyTracker, conformed_keys, hash_keys
 
 
-def run(key_columns, batches, rescan=None):
-    tracker = KeyTracker(key_columns)
+def run(key_columns, batches, rescan=None, **options):
+    tracker = KeyTracker(key_columns, **options)
     for batch in batches:
         tracker.add(batch)
     calls = []
@@ -144,3 +145,46 @@ def test_long_text_is_hashed_in_bounded_slices_with_the_same_result(monkeypatch)
         assert list(hash_keys(pa.record_batch({"k": values}), ("k",))) == list(whole)
         sliced = hash_keys(pa.record_batch({"k": values.slice(5)}), ("k",))
         assert list(sliced) == list(whole[5:])
+
+
+def test_hashes_past_the_memory_budget_go_to_disk_and_still_meet():
+    """The first batch stays in memory, the others are spilled: a key repeated between the two,
+    and another repeated within the spilled parts, are found as without spilling."""
+    batches = [batch(id=list(range(i * 1000, (i + 1) * 1000))) for i in range(6)]
+    batches[5] = batch(id=[*range(5000, 5998), 17, 4321])  # 17: batch 0; 4321: batch 4
+    expected = ({"id": 17}, (18, 5999), 2)
+    assert run(("id",), batches) == (expected, 1)
+    assert run(("id",), batches, in_memory=1500) == (expected, 1)
+    unique = [batch(id=list(range(i * 1000, (i + 1) * 1000))) for i in range(6)]
+    assert run(("id",), unique, in_memory=1500) == (None, 0)
+
+
+def test_the_spill_file_goes_with_the_check():
+    tracker = KeyTracker(("id",), in_memory=10)
+    for i in range(3):
+        tracker.add(batch(id=list(range(i * 100, (i + 1) * 100))))
+    spill = tracker._spill
+    assert spill is not None and not spill.closed
+    assert tracker.first_duplicate(lambda: []) is None
+    assert spill.closed
+
+
+def test_memory_stays_flat_whatever_the_rows():
+    """3M keys in 64k-row batches: without a budget the tracker holds 24 MB of hashes; with one
+    of 256k hashes (2 MB) its peak stays near the budget plus a batch and one hash range."""
+
+    def peak(**options) -> int:
+        tracemalloc.start()
+        try:
+            tracker = KeyTracker(("id",), **options)
+            for start in range(0, 3_000_000, 65_536):
+                ids = pa.array(np.arange(start, min(start + 65_536, 3_000_000)))
+                tracker.add(pa.record_batch({"id": ids}))
+            assert tracker.first_duplicate(lambda: []) is None
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    unbounded, bounded = peak(in_memory=10_000_000), peak(in_memory=1 << 18)
+    assert unbounded > 24_000_000
+    assert bounded < 8_000_000, bounded
