@@ -9,7 +9,9 @@ that its peak RSS is its own:
                   indexes: the physical reference (for parquet/jsonl sources, of the equivalent
                   CSV file)
     ingest        this project: enqueue, then start + stage + promote through `build_service`,
-                  `append` into an empty table
+                  `append` into an empty table; a job of at least DW_ATTACH_MIN_ROWS (1M) rows
+                  is attached as a partition of storage, not copied (the "promotion" column)
+    ingest-copy   the same with DW_ATTACH_MIN_ROWS=off: every job copied by INSERT ... SELECT
     ingest-merge  the same in `merge` mode into a table that already holds every key: a first
                   job loads the file, the second, measured, job loads the same keys with every
                   row changed (user_id + 1), so every row is rewritten
@@ -22,7 +24,8 @@ that its peak RSS is its own:
 
 The wall time is the load only, measured inside the worker (no process start, no imports, no
 enqueue). After each method the parent checks that the target table holds exactly N rows and
-the expected data (sum of user_id: the source's, or after a merge the update file's).
+the expected data (sum of user_id: the source's, or after a merge the update file's), and for
+the service's appends that the measured jobs own exactly those rows (`_dw_job_id`).
 
 `--table-rows N[,N...]` measures instead what a delta costs against the size of the table it
 lands in ("cost grows with the delta, not the table"). For each N, smallest first, one delta
@@ -108,6 +111,13 @@ METHODS = {
             "dw_storage.events",
         ),
         Method(
+            "ingest-copy",
+            "ingest (service, copy)",
+            "append",
+            ("dw_staging", "dw_storage"),
+            "dw_storage.events",
+        ),
+        Method(
             "ingest-merge",
             "ingest (service)",
             "merge",
@@ -145,7 +155,7 @@ METHODS = {
         ),
     )
 }
-DEFAULT_METHODS = ("copy", "ingest", "ingest-merge", "pandas", "dlt", "dlt-merge")
+DEFAULT_METHODS = ("copy", "ingest", "ingest-copy", "ingest-merge", "pandas", "dlt", "dlt-merge")
 DLT_METHODS = ("dlt", "dlt-merge")
 DLT_MISSING = "dlt: not installed (pip install -e '.[bench]')"
 
@@ -258,6 +268,14 @@ def worker_ingest(config: dict, merge: bool = False) -> dict:
         seconds, job_ids = _ingest_pass(service, dataset, files)
         storage_rows = service.warehouse.storage_rows(contract)
         rows_of_jobs = sum(service.warehouse.storage_rows(contract, j) for j in job_ids)
+        strategies = sorted(
+            {
+                e.details["strategy"]
+                for j in job_ids
+                for e in service.queue.audit_trail(j)
+                if e.event == "PROMOTED"
+            }
+        )
     finally:
         dispose(service)
     return {
@@ -266,6 +284,7 @@ def worker_ingest(config: dict, merge: bool = False) -> dict:
         "storage_rows": storage_rows,
         "rows_of_measured_jobs": rows_of_jobs,
         "job_ids": job_ids,
+        "strategies": strategies,
     }
 
 
@@ -449,6 +468,9 @@ def worker_dlt(config: dict, merge: bool = False) -> dict:
 WORKERS = {
     "copy": worker_copy,
     "ingest": worker_ingest,
+    "ingest-copy": lambda config: worker_ingest(
+        {**config, "env": {**config["env"], "DW_ATTACH_MIN_ROWS": "off"}}
+    ),
     "ingest-merge": lambda config: worker_ingest(config, merge=True),
     "pandas": worker_pandas,
     "dlt": worker_dlt,
@@ -871,6 +893,7 @@ def worker_config(
             "DW_LANDING_ROOT": os.pathsep.join(roots),
             "DW_DATASETS_PATH": str(datasets),
             "DW_HOME": str(workdir / "home"),
+            **({"DW_ATTACH_MIN_ROWS": args.attach_min_rows} if args.attach_min_rows else {}),
         },
     }
 
@@ -1040,6 +1063,8 @@ def measure(
         "peak_rss_mb": round(max(s["peak_rss_mb"] for s in samples), 1),
         "process_seconds": round(bl.median([s["process_seconds"] for s in samples]), 3),
         "verified_rows": expected.rows,
+        # how the service promoted (append: insert or attach; merge: in-place or rewrite)
+        "promotion": ", ".join(sorted({x for s in samples for x in s.get("strategies", [])})),
     }
 
 
@@ -1347,6 +1372,7 @@ def render(document: dict) -> str:
         cells = [
             r["label"],
             r["mode"],
+            r.get("promotion") or "-",
             f"{r['files']:,}",
             f"{r['seconds']:.3f}" if r["seconds"] < 1 else f"{r['seconds']:.2f}",
             f"{r['rows_per_second']:,}",
@@ -1382,7 +1408,7 @@ def render(document: dict) -> str:
         f"({'kept' if document['config']['keep_db'] else 'dropped'})",
         "",
     ]
-    columns = ["method", "mode", "files", "wall s", "rows/s", "x COPY"]
+    columns = ["method", "mode", "promotion", "files", "wall s", "rows/s", "x COPY"]
     if table_mode:
         columns = ["delta for", "target", *columns, "x ingest"]
         if len(data["table_rows"]) > 1:
@@ -1409,6 +1435,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--files", type=int, default=1, help="split the rows into K files")
     parser.add_argument("--source", nargs="+", help="load these files (events columns) instead")
     parser.add_argument("--repeat", type=int, default=1, help="measurements per method (median)")
+    parser.add_argument(
+        "--attach-min-rows",
+        metavar="N|off",
+        help="DW_ATTACH_MIN_ROWS for the service's methods (default: the product's, 1M); "
+        "ingest-copy always runs with off",
+    )
     parser.add_argument(
         "--merge-changed",
         type=int,
@@ -1495,6 +1527,7 @@ def main(argv: list[str] | None = None) -> int:
                     data.update_checksum if merged else data.checksum,
                     "the update file's values in every row" if merged else "the source data",
                     data.rows,
+                    lineage=m.key in ("ingest", "ingest-copy"),
                 )
                 results.append(
                     measure(m, config, expected, args.repeat, workdir, keep_tables=args.keep_db)

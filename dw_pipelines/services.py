@@ -109,6 +109,7 @@ def build_service(settings: Settings) -> IngestionService:
             load_method=settings.pg_load_method,
             merge_rewrite_share=settings.merge_rewrite_share,
             merge_rewrite_min_rows=settings.merge_rewrite_min_rows,
+            attach_min_rows=settings.attach_min_rows,
         ),
         contracts,
         queue.landing,

@@ -68,6 +68,10 @@ class Settings:
     # of the stored rows changes; None ("off") always merges in place.
     merge_rewrite_share: float | None = 0.5
     merge_rewrite_min_rows: int = 100_000  # smaller jobs always merge in place
+    # An append job of at least this many rows becomes a partition of its (partitioned) storage
+    # table instead of being copied into it (`core/warehouse/promote_attach.py`); None ("off"):
+    # every job is copied. It also bounds the partition count: one per job this large.
+    attach_min_rows: int | None = 1_000_000
     # Object storage (s3:// landing roots). Credentials are not settings: the AWS SDK reads them
     # from its standard places (AWS_* variables, web identity / IRSA, instance roles), so no
     # secret passes through this object, its repr or Dagster's config.
@@ -144,6 +148,7 @@ class Settings:
             pg_load_method=env.get("DW_PG_LOAD_METHOD") or "auto",
             merge_rewrite_share=_share_or_off(env, "DW_MERGE_REWRITE_SHARE", 0.5),
             merge_rewrite_min_rows=_int(env, "DW_MERGE_REWRITE_MIN_ROWS", 100_000, minimum=1),
+            attach_min_rows=_int_or_off(env, "DW_ATTACH_MIN_ROWS", 1_000_000, minimum=1),
             s3_endpoint_url=_endpoint(env.get("DW_S3_ENDPOINT_URL")),
             s3_region=env.get("DW_S3_REGION") or None,
             s3_connect_timeout_seconds=_float(env, "DW_S3_CONNECT_TIMEOUT_SECONDS", 10.0),
@@ -238,6 +243,12 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     if value < minimum:
         raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _int_or_off(env: Mapping[str, str], name: str, default: int, minimum: int) -> int | None:
+    if (env.get(name) or "").strip().lower() == "off":
+        return None
+    return _int(env, name, default, minimum)
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -30,13 +30,16 @@ def run_benchmark(script: str, *args: str, server_url: str) -> dict:
 
 
 def test_ingest_benchmark_loads_and_verifies_every_method(pg_server_url: str):
-    # 20,000 rows (~1.8 MB) take the ADBC path with its reader thread, as large files do.
+    # 20,000 rows (~1.8 MB) take the ADBC path with its reader thread, as large files do, and
+    # with the attach threshold below them, attach promotion (ingest-copy: the copy).
     document = run_benchmark(
         "ingest.py",
         "--rows",
         "20000",
         "--methods",
-        "copy,ingest,ingest-merge,dagster",
+        "copy,ingest,ingest-copy,ingest-merge,dagster",
+        "--attach-min-rows",
+        "10000",
         "--repeat",
         "1",
         server_url=pg_server_url,
@@ -45,9 +48,13 @@ def test_ingest_benchmark_loads_and_verifies_every_method(pg_server_url: str):
     assert set(results) == {
         ("copy", "append"),
         ("ingest", "append"),
+        ("ingest-copy", "append"),
         ("ingest-merge", "merge"),
         ("dagster", "append"),
     }
+    promotion = {method: r["promotion"] for (method, _), r in results.items()}
+    assert promotion["ingest"] == "attach" and promotion["ingest-copy"] == "insert"
+    assert promotion["ingest-merge"] in ("in-place", "rewrite")
     for result in results.values():
         # The script counts and sums what each method left in its table (else it exits 1).
         assert result["verified_rows"] == 20000

@@ -1,7 +1,8 @@
 """The fast load paths give exactly the storage content of the simple one, for every type.
 
-Paths: Postgres with ADBC binary COPY (the default), Postgres with text COPY (`copy-csv`), and
-SQLite with executemany (the simple path). Sources: CSV, JSONL and Parquet of the same rows.
+Paths: Postgres with ADBC binary COPY (the default), Postgres with text COPY (`copy-csv`),
+Postgres with the staged table attached as storage's partition (append), and SQLite with
+executemany (the simple path). Sources: CSV, JSONL and Parquet of the same rows.
 Small data on purpose: this is about exactness, not speed (see benchmarks/ for speed).
 """
 
@@ -176,6 +177,8 @@ def csv_source(landing_dir: Path) -> Path:
 PATHS = {
     "postgres-adbc": ("pg_url", {"DW_PG_LOAD_METHOD": "adbc"}),
     "postgres-copy-csv": ("pg_url", {"DW_PG_LOAD_METHOD": "copy-csv"}),
+    # Append: the staging table becomes storage's partition (promote_attach.py), from 1 row.
+    "postgres-attach": ("pg_url", {"DW_ATTACH_MIN_ROWS": "1"}),
     "sqlite-executemany": ("sqlite_url", {}),
 }
 
@@ -188,8 +191,11 @@ def test_every_type_loads_exactly_on_every_path(
     job, service = load(request.getfixturevalue(fixture), tmp_path, csv_source, **env)
     try:
         rows = storage(service)
+        promoted = [e for e in service.queue.audit_trail(job.job_id) if e.event == "PROMOTED"]
     finally:
         dispose(service)
+    strategy = "attach" if path == "postgres-attach" else "insert"
+    assert promoted[-1].details["strategy"] == strategy
     assert [normalized(r) for r in rows] == expected_on(path, ROWS)
     assert {r["_dw_job_id"] for r in rows} == {job.job_id}
     assert rows[1]["s"] == "" and rows[2]["s"] is None  # empty string is not NULL

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from dw_pipelines.core.db import outbox, utcnow
 from dw_pipelines.core.faults import reset_fault_counters
+from dw_pipelines.core.tables import staging_partition
 from dw_pipelines.definitions import build_definitions
 from dw_pipelines.defs.resources import DwResource
 from dw_pipelines.services import build_queue, build_service, dispose
@@ -211,11 +212,29 @@ KILLED_RUN_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fault", "attach_min_rows", "strategy"),
+    [
+        ("promote.before_commit", "off", "insert"),
+        # Attach promotion: killed between its staging table made durable (staged logged) and
+        # the ATTACH, with the table already detached from staging and given storage's columns.
+        ("promote.attach", "1", "attach"),
+    ],
+    ids=["copy", "attach"],
+)
 def test_a_run_killed_mid_promotion_is_reconciled_then_retried_by_hand(
-    make_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fault: str,
+    attach_min_rows: str,
+    strategy: str,
+    make_env,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ):
     _, service, defs = make_env(
-        DW_RETRY_MAX_RETRIES=0, DW_HEARTBEAT_SECONDS=0.2, DW_RECONCILE_AFTER_SECONDS=2
+        DW_RETRY_MAX_RETRIES=0,
+        DW_HEARTBEAT_SECONDS=0.2,
+        DW_RECONCILE_AFTER_SECONDS=2,
+        DW_ATTACH_MIN_ROWS=attach_min_rows,
     )
     dagster_home = tmp_path / "dagster-home"
     dagster_home.mkdir()
@@ -226,7 +245,7 @@ def test_a_run_killed_mid_promotion_is_reconciled_then_retried_by_hand(
 
     killed = subprocess.run(
         [sys.executable, "-c", KILLED_RUN_SCRIPT, job.job_id, "orders", "2026-11-24"],
-        env={**os.environ, "DW_FAULT_INJECTION": "promote.before_commit=kill"},
+        env={**os.environ, "DW_FAULT_INJECTION": f"{fault}=kill"},
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -236,6 +255,24 @@ def test_a_run_killed_mid_promotion_is_reconciled_then_retried_by_hand(
     stuck = service.queue.get(job.job_id)
     assert stuck.status == "PROCESSING"
     assert service.warehouse.storage_rows(contract, job.job_id) == 0  # the promotion rolled back
+    with service.warehouse.engine.connect() as conn:
+        # Storage's tree is as before the promotion (no partition of the job), and the job's
+        # staging partition is back under staging, whole (logged for the attach).
+        partitions = conn.execute(
+            sa.text(
+                "SELECT c.relname, c.relpersistence, i.inhparent::regclass::text"
+                " FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent IN"
+                " ('dw_staging.orders'::regclass, 'dw_storage.orders'::regclass)"
+                " OR c.relname LIKE 'orders__p%'"
+            )
+        ).all()
+    staged = [p for p in partitions if p[2] == "dw_staging.orders"]
+    assert [(p[0], p[1]) for p in staged] == [
+        (staging_partition("orders", job.job_id), "p" if strategy == "attach" else "u")
+    ]
+    assert not [p for p in partitions if "_j" in p[0]], partitions
+    assert service.warehouse.staged_rows(contract, job.job_id) == 6
 
     instance = dg.DagsterInstance.get()
     dagster_run = instance.get_run_by_id(stuck.dagster_run_id)
@@ -266,6 +303,8 @@ def test_a_run_killed_mid_promotion_is_reconciled_then_retried_by_hand(
     row = service.queue.get(job.job_id)
     assert (row.status, row.rows_loaded, row.attempts) == ("COMPLETED", 6, 1)
     assert service.warehouse.storage_rows(contract, job.job_id) == 6
+    promoted = [e for e in service.queue.audit_trail(job.job_id) if e.event == "PROMOTED"]
+    assert promoted[-1].details["strategy"] == strategy
     requeued = next(e for e in service.queue.audit_trail(job.job_id) if e.event == "REQUEUED")
     assert requeued.details["operator"] == "alice"
     assert requeued.details["previous_status"] == "FAILED"

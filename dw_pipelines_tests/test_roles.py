@@ -21,6 +21,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from dw_pipelines.core.warehouse.promote_attach import load_month
 from dw_pipelines.definitions import build_definitions
 from dw_pipelines.services import build_service, dispose
 from dw_pipelines.settings import SAMPLES_DIR, TAG_JOB_ID
@@ -381,9 +382,18 @@ def test_append_merge_upsert_and_prune_as_dw_worker_who_owns_its_tables(worker_d
                 )
             ).all()
         )
+        month = load_month(
+            conn.execute(
+                sa.text("SELECT loaded_at FROM dw_storage._dw_loads WHERE dataset = 'orders'")
+            ).scalar_one()
+        )[0]
     # Per-dataset tables, the load history and the schema versions; the jobs' staging
-    # partitions are gone.
+    # partitions are gone. The append table's partitions (its DEFAULT, the load month with its
+    # small loads) are the worker's too.
     assert owners == {
+        f"dw_storage.orders__{suffix}": ROLE
+        for suffix in ("default", f"p{month}", f"p{month}_small")
+    } | {
         **{
             f"{schema}.{dataset}": ROLE
             for schema in ("dw_staging", "dw_storage")

@@ -57,6 +57,7 @@ from dw_pipelines.core.tables import (
     TENANT_COLUMN,
     DatasetTables,
     sql_type,
+    storage_default_partition,
 )
 
 VERSIONS_TABLE = "_dw_schema_versions"
@@ -129,6 +130,7 @@ class TableShape:
     columns: tuple[StoredColumn, ...]
     primary_key: tuple[str, ...] = ()  # data columns of the key, without the tenant
     key_name: str | None = None  # the key constraint's name in the catalog
+    partitioned: bool = False  # PostgreSQL append storage created by this version on
 
     def column(self, name: str) -> StoredColumn | None:
         return next((c for c in self.columns if c.name == name), None)
@@ -683,6 +685,20 @@ class _Ddl:
         return f"CAST({column} AS {cast})"
 
 
+def _refuse_a_key_on_partitioned_storage(
+    found: Plan, storage: TableShape, contract: DatasetContract
+) -> None:
+    """A merge table's primary key is (tenant, key columns); PostgreSQL allows a unique key on a
+    partitioned table only if it holds the partition column, `_dw_loaded_at`."""
+    if storage.partitioned and any(c.kind == "change_write_mode" for c in found.changes):
+        raise ConfigurationError(
+            f"dataset '{contract.name}': {STORAGE_SCHEMA}.{contract.name} is partitioned by load "
+            "month (append storage), and a partitioned table cannot take the primary key a merge "
+            "table needs; nothing was applied. Load the merge contract as a new dataset, and "
+            "copy the rows over with INSERT ... SELECT if you need them"
+        )
+
+
 def _refuse_decimals_that_do_not_fit(
     conn: Connection, table: str, stored: StoredColumn, after: ColumnType, dataset: str
 ) -> None:
@@ -756,7 +772,7 @@ def _inspect_postgres(
     rows = conn.execute(
         sa.text(
             "SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod),"
-            " a.attnotnull, array_position(k.conkey, a.attnum), k.conname"
+            " a.attnotnull, array_position(k.conkey, a.attnum), k.conname, c.relkind"
             " FROM pg_catalog.pg_attribute a"
             " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
             " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
@@ -777,12 +793,15 @@ def _inspect_postgres(
     keys: dict[str, list[tuple[int, str]]] = {}
     key_names: dict[str, str | None] = {}
     bookkeeping: dict[str, set[str]] = {}
-    for schema, table, column, type_name, not_null, key_position, key_name in rows:
+    partitioned: set[str] = set()
+    for schema, table, column, type_name, not_null, key_position, key_name, kind in rows:
         if table != contract.name:
             if schema == STORAGE_SCHEMA:
                 bookkeeping.setdefault(table, set()).add(column)
             continue
         key_names[schema] = key_name
+        if kind == "p":
+            partitioned.add(schema)
         if key_position is not None and column != TENANT_COLUMN:
             keys.setdefault(schema, []).append((key_position, column))
         if column in LINEAGE_COLUMNS:
@@ -795,6 +814,7 @@ def _inspect_postgres(
             columns=tuple(found),
             primary_key=tuple(c for _, c in sorted(keys.get(schema, []))),
             key_name=key_names.get(schema),
+            partitioned=schema in partitioned,
         )
         for schema, found in columns.items()
     }
@@ -876,6 +896,13 @@ def plan(
             )
         ]
         statements += ddl.create(tables.storage)
+        if ddl.postgres and contract.write_mode == "append":
+            # Rows of a month whose partition is missing land here (warehouse/promote_attach.py)
+            default = ddl.table(STORAGE_SCHEMA, storage_default_partition(contract.name))
+            statements.append(
+                f"CREATE TABLE {default} PARTITION OF "
+                f"{ddl.table(STORAGE_SCHEMA, contract.name)} DEFAULT"
+            )
     else:
         changes = plan_changes(state.storage, state.latest, contract)
         if state.latest is not None and state.latest.contract_hash != digest and not changes:
@@ -1002,6 +1029,7 @@ class Evolution:
                 # Casts between dates and timestamps follow the session's zone: make it UTC.
                 conn.execute(sa.text("SET LOCAL TimeZone = 'UTC'"))
             if state.storage is not None:
+                _refuse_a_key_on_partitioned_storage(found, state.storage, contract)
                 self._refuse_lossy_conversions(conn, found, state.storage, contract)
             for statement in found.ddl:
                 try:

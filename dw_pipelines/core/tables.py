@@ -59,7 +59,40 @@ class DatasetTables:
 
 def staging_partition(dataset: str, job_id: str) -> str:
     """Name of a job's staging partition: the dataset plus a digest of the job id (≤ 63 chars)."""
-    return f"{dataset[:44]}__{hashlib.sha1(job_id.encode()).hexdigest()[:16]}"
+    return f"{dataset[:44]}__{_digest(job_id)}"
+
+
+# Partitions of a partitioned append storage table (see core/warehouse/promote_attach.py): one
+# per month of `_dw_loaded_at` ("202612"), each listing the jobs attached whole and a DEFAULT
+# holding the month's smaller loads, plus a DEFAULT of the table for rows of a month whose
+# partition could not be created. The names share the schema with every dataset's storage table,
+# so a dataset name too long to keep whole is cut and given a digest of itself.
+
+
+def storage_default_partition(dataset: str) -> str:
+    return f"{_prefix(dataset, 40)}__default"
+
+
+def storage_month_partition(dataset: str, month: str) -> str:
+    return f"{_prefix(dataset, 40)}__p{month}"
+
+
+def storage_small_loads_partition(dataset: str, month: str) -> str:
+    return f"{_prefix(dataset, 40)}__p{month}_small"
+
+
+def storage_job_partition(dataset: str, month: str, job_id: str) -> str:
+    return f"{_prefix(dataset, 36)}__p{month}_j{_digest(job_id)}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _prefix(dataset: str, width: int) -> str:
+    if len(dataset) <= width:
+        return dataset
+    return f"{dataset[: width - 9]}_{_digest(dataset)[:8]}"
 
 
 def define_tables(metadata: sa.MetaData, contract: DatasetContract, dialect: str) -> DatasetTables:
@@ -113,6 +146,11 @@ def define_tables(metadata: sa.MetaData, contract: DatasetContract, dialect: str
         ]
     else:
         storage_extras = [sa.Index(f"ix_sto_{contract.name}_job"[:63], JOB_ID_COLUMN)]
+    storage_options: dict = {}
+    if postgres and not is_merge:
+        # Partitioned by load month, so that a large job's validated staging table can become
+        # a partition instead of being copied (attach promotion). Readers see one table.
+        storage_options["postgresql_partition_by"] = f"RANGE ({LOADED_AT_COLUMN})"
     storage = sa.Table(
         contract.name,
         metadata,
@@ -121,5 +159,6 @@ def define_tables(metadata: sa.MetaData, contract: DatasetContract, dialect: str
         sa.Column(LOADED_AT_COLUMN, sa.DateTime(timezone=True), nullable=False),
         *storage_extras,
         schema=STORAGE_SCHEMA,
+        **storage_options,
     )
     return DatasetTables(staging=staging, storage=storage)

@@ -132,6 +132,9 @@ def test_landing_roots_split_on_pathsep(in_tmp: Path, raw: str, roots: tuple[str
         ("DW_MERGE_REWRITE_SHARE", "merge_rewrite_share", "OFF", None),
         ("DW_MERGE_REWRITE_SHARE", "merge_rewrite_share", "", 0.5),
         ("DW_MERGE_REWRITE_MIN_ROWS", "merge_rewrite_min_rows", "1", 1),
+        ("DW_ATTACH_MIN_ROWS", "attach_min_rows", "", 1_000_000),
+        ("DW_ATTACH_MIN_ROWS", "attach_min_rows", "500", 500),
+        ("DW_ATTACH_MIN_ROWS", "attach_min_rows", " Off ", None),
     ],
 )
 def test_numbers_are_read(in_tmp: Path, name: str, attribute: str, raw: str, value: float) -> None:
@@ -148,6 +151,8 @@ def test_numbers_are_read(in_tmp: Path, name: str, attribute: str, raw: str, val
         ("DW_SENSOR_REDISPATCH_AFTER_SECONDS", "-5", "must be >= 0, got -5"),
         ("DW_RETRY_MAX_RETRIES", "many", "must be an integer"),
         ("DW_READ_BATCH_ROWS", "0", "must be >= 1"),
+        ("DW_ATTACH_MIN_ROWS", "0", "must be >= 1, got 0"),
+        ("DW_ATTACH_MIN_ROWS", "lots", "must be an integer"),
         ("DW_RETRY_BASE_DELAY_SECONDS", "soon", "must be a number, got 'soon'"),
         ("DW_RETRY_MAX_DELAY_SECONDS", "-1", "must be a finite number >= 0"),
         ("DW_MERGE_REWRITE_SHARE", "1.5", "must be a share between 0 and 1, or off, got '1.5'"),

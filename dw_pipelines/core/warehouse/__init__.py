@@ -14,14 +14,17 @@ SQLite the two schemas are attached database files next to the main one), plus
   storage content.
 * Storage rows carry the lineage columns `_dw_job_id`, `_dw_tenant_id` and `_dw_loaded_at`.
   `append`: promotion deletes the job's previous rows (found through `_dw_loads` and a BRIN index
-  on `_dw_loaded_at`, cheap to maintain on an append-only table) and inserts the staged ones.
+  on `_dw_loaded_at`, cheap to maintain on an append-only table) and inserts the staged ones; on
+  Postgres a job of at least DW_ATTACH_MIN_ROWS rows is attached instead: its staging table
+  becomes a partition of storage (`promote_attach.py`), and a re-load drops that partition.
   `merge`: promotion deletes the rows whose values change and inserts new and changed rows, keyed
   by (`_dw_tenant_id`, primary key), so one tenant never touches another's rows and unchanged rows
   keep their lineage (the job that last changed them). Either way promotion is one transaction,
   and re-running it leaves storage as it was.
 
 The class is assembled from one module per concern, each readable on its own: `staging.py` (the
-loads and a job's partition), `promote_append.py`, `promote_merge.py` (the three merge
+loads and a job's partition), `promote_append.py`, `promote_attach.py` (large appends as
+partitions), `promote_merge.py` (the three merge
 strategies and their statistics); table definitions are in `core.tables`, schema changes in
 `core.evolution`.
 """
@@ -51,9 +54,12 @@ from dw_pipelines.core.tables import (
     staging_partition,
 )
 from dw_pipelines.core.warehouse.promote_append import AppendPromotion
+from dw_pipelines.core.warehouse.promote_attach import AttachPromotion
 from dw_pipelines.core.warehouse.promote_merge import MERGE_REWRITE_MIN_ROWS, MergePromotion
 from dw_pipelines.core.warehouse.staging import LOAD_METHODS, StagingLoads
 
+# Append jobs of at least this many rows are attached, not copied (DW_ATTACH_MIN_ROWS).
+ATTACH_MIN_ROWS = 1_000_000
 # The advisory lock space of merge promotions (with the dataset's name: one lock per dataset).
 MERGE_LOCK = "dw_pipelines.merge"
 
@@ -63,7 +69,7 @@ class PromotionCounts:
     rows: int  # staged rows
     inserted: int  # rows written to storage
     deleted: int  # rows removed first (the job's previous load, or changed merge rows)
-    strategy: str = "insert"  # append: "insert"; merge: "in-place" or "rewrite"
+    strategy: str = "insert"  # append: "insert" or "attach"; merge: "in-place" or "rewrite"
     # merge: staged rows not applied because a job enqueued later already wrote their key
     kept_newer: int = 0
 
@@ -90,7 +96,7 @@ def create_warehouse_engine(url: str) -> Engine:
     return engine
 
 
-class Warehouse(StagingLoads, AppendPromotion, MergePromotion):
+class Warehouse(StagingLoads, AppendPromotion, AttachPromotion, MergePromotion):
     """Staging and storage tables of the datasets, on one engine.
 
     Args:
@@ -102,6 +108,8 @@ class Warehouse(StagingLoads, AppendPromotion, MergePromotion):
         merge_rewrite_share: a merge job that changes at least this share of the stored rows
             rewrites the table instead of updating it in place (Postgres; None: never).
         merge_rewrite_min_rows: jobs with fewer staged rows always merge in place.
+        attach_min_rows: an append job of at least this many rows is attached to partitioned
+            storage instead of copied (None: never; see promote_attach.py).
     """
 
     def __init__(
@@ -111,6 +119,7 @@ class Warehouse(StagingLoads, AppendPromotion, MergePromotion):
         load_method: str = "auto",
         merge_rewrite_share: float | None = 0.5,
         merge_rewrite_min_rows: int = MERGE_REWRITE_MIN_ROWS,
+        attach_min_rows: int | None = ATTACH_MIN_ROWS,
     ):
         if load_method not in LOAD_METHODS:
             raise ConfigurationError(
@@ -121,12 +130,16 @@ class Warehouse(StagingLoads, AppendPromotion, MergePromotion):
         self.load_method = load_method
         self.merge_rewrite_share = merge_rewrite_share
         self.merge_rewrite_min_rows = merge_rewrite_min_rows
+        self.attach_min_rows = attach_min_rows
         self.dialect = engine.dialect.name
         self._postgres = self.dialect == "postgresql"
         self._metadata = sa.MetaData()
         self._tables: dict[str, DatasetTables] = {}
         # The schema version of each dataset whose tables this process has ensured.
         self._schema_versions: dict[str, int] = {}
+        # Per dataset: whether storage is partitioned, and the load months known to exist.
+        self._partitioned: dict[str, bool] = {}
+        self._months: dict[str, set[str]] = {}
         self.loads = sa.Table(
             LOADS_TABLE,
             self._metadata,
@@ -221,12 +234,13 @@ class Warehouse(StagingLoads, AppendPromotion, MergePromotion):
         ).where(of_job)
         target_columns = [*data, JOB_ID_COLUMN, TENANT_COLUMN, LOADED_AT_COLUMN]
         kept_newer = 0
+        if self.partitioned_storage(contract):
+            self.ensure_load_month(contract, loaded_at)
         with self.engine.begin() as conn:
             if contract.write_mode == "append":
-                rows, inserted, deleted = self._promote_append(
-                    conn, contract, storage, source, target_columns, job_id
+                rows, inserted, deleted, strategy = self._promote_append(
+                    conn, contract, storage, source, target_columns, job_id, tenant_id, loaded_at
                 )
-                strategy = "insert"
             else:
                 self._serialize_merges(conn, contract)
                 newer = self._newer_loads(conn, contract, tenant_id, job_id, enqueued_at)

@@ -58,7 +58,8 @@ class StagingLoads:
                 self.faults.hit("staging.copy", conn)
                 return self._executemany_into(conn, staging, numbered)
         partition = staging_partition(contract.name, job_id)
-        self._create_partition(tables.staging, partition, job_id)
+        logged = self.stage_logged(contract, size_hint)
+        self._create_partition(tables.staging, partition, job_id, logged)
         small = size_hint is not None and size_hint < SMALL_SOURCE_BYTES
         use_adbc = self.load_method == "adbc" or (self.load_method == "auto" and not small)
         try:
@@ -86,7 +87,11 @@ class StagingLoads:
                 self._drop_partition(partition)
             raise
 
-    def _create_partition(self, parent: sa.Table, partition: str, job_id: str) -> None:
+    def _create_partition(
+        self, parent: sa.Table, partition: str, job_id: str, logged: bool = False
+    ) -> None:
+        """The job's staging partition: UNLOGGED scratch (no WAL; a crash empties it, and a
+        retry stages again), or logged when promotion may attach it to storage."""
         with self.engine.begin() as conn:
             name = f"{STAGING_SCHEMA}.{_quote(conn, partition)}"
             value = _literal(conn, job_id)
@@ -95,7 +100,7 @@ class StagingLoads:
             # declared with the partition: one statement, not a CREATE and an ALTER).
             conn.execute(
                 sa.text(
-                    f"CREATE UNLOGGED TABLE {name} PARTITION OF "
+                    f"CREATE {'' if logged else 'UNLOGGED '}TABLE {name} PARTITION OF "
                     f"{STAGING_SCHEMA}.{_quote(conn, parent.name)} "
                     f"({JOB_ID_COLUMN} DEFAULT {value}) FOR VALUES IN ({value})"
                 )
