@@ -188,13 +188,16 @@ def test_a_large_job_is_attached_and_reads_exactly_like_a_copied_one(
         conn.execute(sa.text("SET LOCAL ROLE pg_monitor"))
         assert conn.execute(sa.text("SELECT count(*) FROM dw_storage.events")).scalar() == 6000
     # Where the rows are: the copied job in the month's small loads, the attached one its own
-    # partition of the month; nothing left in staging.
+    # partition of the month; the month after made ahead, empty; nothing left in staging.
     job_partition = storage_job_partition("events", month, attached)
+    following = load_month(load_month(loaded_at_of(attaching, attached))[2])[0]
     assert tree(attaching) == {
         "events__default": ("events", 0),
         f"events__p{month}": ("events", -1),
         f"events__p{month}_small": (f"events__p{month}", 3000),
         job_partition: (f"events__p{month}", 3000),
+        f"events__p{following}": ("events", -1),
+        f"events__p{following}_small": (f"events__p{following}", 0),
     }
     assert staging_left(attaching) == []
     # A partition of its own, logged like the rest of storage, with storage's columns only.
@@ -289,32 +292,50 @@ def test_readers_never_wait_on_an_attach_longer_than_its_lock_timeout(
     assert len(rows_of(service, job)) == 1100
 
 
-def test_a_month_that_cannot_be_created_loads_into_the_tables_default(
+def at(year: int, month: int, day: int = 10):
+    """A clock stopped at that day (the promotion's load time)."""
+    moment = dt.datetime(year, month, day, 8, 0, tzinfo=dt.UTC)
+    return lambda: moment
+
+
+def test_months_are_made_ahead_and_one_that_cannot_be_made_loads_into_the_default(
     make_service, landing_dir: Path, pg_url: str
 ):
     service = make_service("attach", DW_ATTACH_MIN_ROWS=str(MIN_ROWS))
-    december, _ = load(service, write_rows(landing_dir, "dec.csv", 1500, "dec"), "run-1")
-    # January: another session holds the table against schema changes (a VACUUM, an ANALYZE, an
-    # administrator's ALTER), so the month's partition cannot be attached in time.
+    service.queue.clock = at(2027, 1)
+    january, _ = load(service, write_rows(landing_dir, "jan.csv", 1500, "jan"), "run-1")
+    # January's load made February too: its first load need not take the table's locks.
+    assert {"events__p202701", "events__p202702"} <= set(tree(service))
+    # A new process (every run is one) in February attaches into the month made ahead, even
+    # with a report holding the table against schema changes (a VACUUM, an ANALYZE, an ALTER).
     blocker = Reader(pg_url, "LOCK TABLE dw_storage.events IN SHARE UPDATE EXCLUSIVE MODE")
     try:
-        january = dt.datetime(2027, 1, 10, 8, 0, tzinfo=dt.UTC)
-        service.queue.clock = lambda: january
-        job, details = load(service, write_rows(landing_dir, "jan.csv", 1500, "jan"), "run-2")
+        february = make_service("february", DW_ATTACH_MIN_ROWS=str(MIN_ROWS))
+        february.queue.clock = at(2027, 2)
+        job, details = load(february, write_rows(landing_dir, "feb.csv", 1500, "feb"), "run-2")
+        assert details["strategy"] == "insert"  # the ATTACH needs the lock the report holds
+        assert tree(february)["events__p202702_small"][1] == 1500
+        # April, not made ahead (nothing loaded in March), cannot be made under that lock: its
+        # rows go to the table's DEFAULT partition, copied, within the lock timeout.
+        april = make_service("april", DW_ATTACH_MIN_ROWS=str(MIN_ROWS))
+        april.queue.clock = at(2027, 4)
+        started = time.monotonic()
+        job, details = load(april, write_rows(landing_dir, "apr.csv", 1500, "apr"), "run-3")
+        seconds = time.monotonic() - started
     finally:
         blocker.release()
     assert details["strategy"] == "insert"
-    assert tree(service)["events__default"][1] == 1500
-    assert "events__p202701" not in tree(service)
-    assert loaded_at_of(service, job) == january
-    # A new process (every run is one) in February makes February's partition and attaches.
-    later = make_service("later", DW_ATTACH_MIN_ROWS=str(MIN_ROWS))
-    february = dt.datetime(2027, 2, 1, 0, 0, tzinfo=dt.UTC)
-    later.queue.clock = lambda: february
-    job, details = load(later, write_rows(landing_dir, "feb.csv", 1500, "feb"), "run-3")
+    assert seconds < 2 * LOCK_TIMEOUT_SECONDS + 5
+    assert tree(april)["events__default"][1] == 1500
+    assert "events__p202704" not in tree(april)
+    assert loaded_at_of(april, job) == at(2027, 4)()
+    # Once the report is gone, the next month's first load makes its month and attaches.
+    may = make_service("may", DW_ATTACH_MIN_ROWS=str(MIN_ROWS))
+    may.queue.clock = at(2027, 5, 1)
+    job, details = load(may, write_rows(landing_dir, "may.csv", 1500, "may"), "run-4")
     assert details["strategy"] == "attach"
-    assert tree(later)[storage_job_partition("events", "202702", job)] == ("events__p202702", 1500)
-    with later.warehouse.engine.connect() as conn:
+    assert tree(may)[storage_job_partition("events", "202705", job)] == ("events__p202705", 1500)
+    with may.warehouse.engine.connect() as conn:
         counts = dict(
             conn.execute(
                 sa.text(
@@ -323,8 +344,8 @@ def test_a_month_that_cannot_be_created_loads_into_the_tables_default(
                 )
             ).all()
         )
-    assert counts == {load_month(loaded_at_of(later, december))[0]: 1500, "202701": 1500,
-                      "202702": 1500}  # fmt: skip
+    assert counts == {"202701": 1500, "202702": 1500, "202704": 1500, "202705": 1500}
+    assert len(rows_of(may, january)) == 1500
 
 
 def test_schema_changes_reach_attached_partitions_and_a_key_is_refused(

@@ -382,17 +382,19 @@ def test_append_merge_upsert_and_prune_as_dw_worker_who_owns_its_tables(worker_d
                 )
             ).all()
         )
-        month = load_month(
+        month, _, end = load_month(
             conn.execute(
                 sa.text("SELECT loaded_at FROM dw_storage._dw_loads WHERE dataset = 'orders'")
             ).scalar_one()
-        )[0]
+        )
+    following = load_month(end)[0]
     # Per-dataset tables, the load history and the schema versions; the jobs' staging
-    # partitions are gone. The append table's partitions (its DEFAULT, the load month with its
-    # small loads) are the worker's too.
+    # partitions are gone. The append table's partitions (its DEFAULT, the load month and the
+    # next, each with its small loads) are the worker's too.
     assert owners == {
         f"dw_storage.orders__{suffix}": ROLE
-        for suffix in ("default", f"p{month}", f"p{month}_small")
+        for m in (month, following)
+        for suffix in ("default", f"p{m}", f"p{m}_small")
     } | {
         **{
             f"{schema}.{dataset}": ROLE

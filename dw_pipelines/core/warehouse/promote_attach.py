@@ -96,13 +96,33 @@ class AttachPromotion:
         return size_hint is None or size_hint >= self.attach_min_rows
 
     def ensure_load_month(self, contract: DatasetContract, loaded_at: datetime) -> None:
-        """Create the month partition `loaded_at` falls in, with its DEFAULT for small loads, if
-        missing. Its own short transaction, before the promotion's: a new month is an ATTACH of
+        """Create the partition of the month `loaded_at` falls in, and of the month after, if
+        missing (each with its DEFAULT for small loads).
+
+        Each in its own short transaction, before the promotion's: a new month is an ATTACH of
         an empty table (SHARE UPDATE EXCLUSIVE on the parent, which readers do not conflict
-        with; `CREATE TABLE … PARTITION OF` would take ACCESS EXCLUSIVE). If it cannot be made
-        (a worker that does not own the table, a lock not granted), the month's rows go to the
-        table's DEFAULT partition and its jobs are copied, not attached."""
+        with; `CREATE TABLE … PARTITION OF` would take ACCESS EXCLUSIVE), but it also locks the
+        table's DEFAULT partition, which every reader of the whole table holds: with a long
+        report running it gives up after ATTACH_LOCK_TIMEOUT. The month ahead is why that
+        rarely matters: it is made by any load of the month before, so a month's first load
+        seldom has to make its own. If the month cannot be made (a worker that does not own the
+        table, a lock not granted), its rows go to the table's DEFAULT partition and its jobs
+        are copied, not attached; once that DEFAULT holds rows of a month, that month's
+        partition can no longer be attached (PostgreSQL refuses it), and the month stays there.
+        """
         month, start, end = load_month(loaded_at)
+        self._ensure_month(contract, month, start, end, needed=True)
+        after, after_start, after_end = load_month(end)
+        self._ensure_month(contract, after, after_start, after_end, needed=False)
+
+    def _ensure_month(
+        self,
+        contract: DatasetContract,
+        month: str,
+        start: datetime,
+        end: datetime,
+        needed: bool,
+    ) -> None:
         known = self._months.setdefault(contract.name, set())
         if month in known:
             return
@@ -117,13 +137,21 @@ class AttachPromotion:
                     if not _exists(conn, STORAGE_SCHEMA, name):
                         self._create_month(conn, contract, name, month, start, end)
         except sa.exc.DBAPIError as exc:
-            _log.warning(
-                "dataset %s: the partition of month %s could not be created (%s); its loads "
-                "go to the table's DEFAULT partition and are copied, not attached",
-                contract.name,
-                month,
-                _first_line(exc),
-            )
+            if needed:
+                _log.warning(
+                    "dataset %s: the partition of month %s could not be created (%s); its "
+                    "loads go to the table's DEFAULT partition and are copied, not attached",
+                    contract.name,
+                    month,
+                    _first_line(exc),
+                )
+            else:  # the next load tries again
+                _log.info(
+                    "dataset %s: the partition of the coming month %s was not created yet (%s)",
+                    contract.name,
+                    month,
+                    _first_line(exc),
+                )
         known.add(month)  # also after a refusal: asked again by the next process, not each job
 
     def _create_month(
