@@ -264,6 +264,9 @@ def worker_ingest(config: dict, merge: bool = False) -> dict:
             checkpoint(config)
         if config.get("tables_ready"):
             service.warehouse.ensure_tables(contract)  # see measure_table_case
+            if service.warehouse.partitioned_storage(contract):
+                # and the load month's partitions, made once a month, not per job
+                service.warehouse.ensure_load_month(contract, service.queue.clock())
         before = current_rss_mb()
         seconds, job_ids = _ingest_pass(service, dataset, files)
         storage_rows = service.warehouse.storage_rows(contract)

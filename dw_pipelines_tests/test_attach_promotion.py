@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from dw_pipelines.core.errors import ConfigurationError
 from dw_pipelines.core.tables import staging_partition, storage_job_partition
+from dw_pipelines.core.warehouse import promote_attach
 from dw_pipelines.core.warehouse.promote_attach import ATTACH_LOCK_TIMEOUT, load_month
 from dw_pipelines.services import build_service, dispose
 from dw_pipelines_tests.conftest import make_settings
@@ -220,7 +221,8 @@ def test_a_large_job_is_attached_and_reads_exactly_like_a_copied_one(
 
 def test_a_small_job_and_a_file_of_few_bytes_are_copied(make_service, landing_dir: Path):
     service = make_service("attach", DW_ATTACH_MIN_ROWS=str(MIN_ROWS))
-    # 999 rows: staged logged (the file has more bytes than MIN_ROWS), then copied for its rows.
+    # 999 rows: staged logged (45 KB: more than MIN_ROWS x LOGGED_MIN_BYTES_PER_ROW bytes), then
+    # copied for its rows.
     small, details = load(service, write_rows(landing_dir, "small.csv", MIN_ROWS - 1), "run-1")
     assert details["strategy"] == "insert"
     month = load_month(loaded_at_of(service, small))[0]
@@ -229,6 +231,39 @@ def test_a_small_job_and_a_file_of_few_bytes_are_copied(make_service, landing_di
     exact, details = load(service, write_rows(landing_dir, "exact.csv", MIN_ROWS), "run-2")
     assert details["strategy"] == "attach"
     assert tree(service)[storage_job_partition("events", month, exact)][1] == MIN_ROWS
+
+
+def test_a_job_staged_unlogged_is_made_logged_to_attach(
+    make_service, landing_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A file smaller than expected for its rows (narrow rows, a compressed Parquet file) is
+    staged as unlogged scratch; if it reaches the threshold all the same, it is attached after
+    a SET LOGGED, and its rows are as durable as the rest of storage."""
+    monkeypatch.setattr(promote_attach, "LOGGED_MIN_BYTES_PER_ROW", 1000)
+    service = make_service("attach", DW_ATTACH_MIN_ROWS=str(MIN_ROWS))
+    source = write_rows(landing_dir, "narrow.csv", 1500)  # ~45 bytes a row: under 1000
+    job_id = service.queue.enqueue(
+        {"dataset": "events", "source_uri": str(source), "business_date": "2026-12-03",
+         "tenant_id": TENANT}
+    ).job.job_id  # fmt: skip
+    service.stage(service.start(job_id, "run-1"), "run-1")
+    with service.warehouse.engine.connect() as conn:
+        staged = conn.execute(
+            sa.text("SELECT relpersistence FROM pg_class WHERE oid = to_regclass(:name)"),
+            {"name": f"dw_staging.{staging_partition('events', job_id)}"},
+        ).scalar_one()
+    assert staged == "u"
+    result = service.promote(job_id, "run-1")
+    assert (result.strategy, result.rows) == ("attach", 1500)
+    month = load_month(loaded_at_of(service, job_id))[0]
+    partition = storage_job_partition("events", month, job_id)
+    with service.warehouse.engine.connect() as conn:
+        persistence = conn.execute(
+            sa.text("SELECT relpersistence FROM pg_class WHERE oid = to_regclass(:name)"),
+            {"name": f"dw_storage.{partition}"},
+        ).scalar_one()
+    assert persistence == "p"
+    assert len(rows_of(service, job_id)) == 1500
 
 
 def test_a_reload_drops_the_jobs_partition_and_attaches_the_new_rows(

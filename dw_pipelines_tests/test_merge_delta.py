@@ -1,8 +1,9 @@
 """A merge delta (a job small against its table) costs look-ups, not scans of the table.
 
 The realistic merge is a daily delta into a big table. Its promotion must read the table by
-primary key only (`promote_merge.DELTA_MAX_SHARE`): a scan of every stored row would make the
-job's cost grow with the table instead of with the delta (docs/benchmarks.md, "Round 5").
+primary key only (`promote_merge.DELTA_MAX_SHARE`) and update the changed rows in place: a scan
+of every stored row would make the job's cost grow with the table instead of with the delta
+(docs/benchmarks.md, "Round 5").
 PostgreSQL's own statistics say which scans a statement ran.
 """
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from dw_pipelines.core.tables import MERGE_FILLFACTOR
 from dw_pipelines.services import build_service, dispose
 from dw_pipelines_tests.conftest import make_settings
 from dw_pipelines_tests.test_merge_concurrency import (
@@ -26,7 +28,7 @@ from dw_pipelines_tests.test_merge_concurrency import (
 TABLE_ROWS = 20_000
 
 
-def scans(url: str) -> tuple[int, int]:
+def scans(url: str) -> tuple[int, int, int, int]:
     """(sequential scans, index scans) of the storage table, once every backend that worked on
     it reported: the service's connections are closed (a backend flushes its statistics when it
     exits, otherwise up to a second later), and the counts stay still for a second."""
@@ -43,14 +45,16 @@ def scans(url: str) -> tuple[int, int]:
         engine.dispose()
 
 
-def _scans(engine: sa.Engine) -> tuple[int, int]:
+def _scans(engine: sa.Engine) -> tuple[int, int, int, int]:
+    """(sequential scans, index scans, rows updated, of them HOT: on their own page)."""
     with engine.connect() as conn:
         conn.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
         return tuple(
             conn.execute(
                 sa.text(
-                    "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables "
-                    "WHERE schemaname = 'dw_storage' AND relname = 'accounts'"
+                    "SELECT seq_scan, coalesce(idx_scan, 0), n_tup_upd, n_tup_hot_upd"
+                    " FROM pg_stat_user_tables"
+                    " WHERE schemaname = 'dw_storage' AND relname = 'accounts'"
                 )
             ).one()
         )
@@ -58,8 +62,10 @@ def _scans(engine: sa.Engine) -> tuple[int, int]:
 
 @pytest.mark.parametrize(
     "strategy_env",
+    # Above DW_MERGE_REWRITE_MIN_ROWS a job as large as its table finds its changed keys first
+    # (one join); a delta does not, its look-ups are the cheapest join already.
     [{}, {"DW_MERGE_REWRITE_MIN_ROWS": "500"}],
-    ids=["plain-statements", "changed-keys-join"],
+    ids=["small-job", "above-rewrite-min-rows"],
 )
 def test_a_delta_reads_the_table_by_key_only(
     strategy_env: dict, pg_url: str, tmp_path: Path, landing_dir: Path
@@ -92,5 +98,17 @@ def test_a_delta_reads_the_table_by_key_only(
         assert after[0] == before[0], "the delta's promotion scanned the whole table"
         assert (result.inserted, result.deleted) == (len(delta), len(delta) - 100)
         assert stored(service) == in_outbox_order([(fill, base), (job, delta)])
+        # The changed rows were updated in place, nearly all of them on their own page (the
+        # table keeps a tenth of each page free: MERGE_FILLFACTOR), so without a key entry.
+        changed = len(delta) - 100
+        assert after[2] - before[2] == changed
+        assert after[3] - before[3] >= 0.9 * changed
+        with service.warehouse.engine.connect() as conn:
+            options = conn.execute(
+                sa.text(
+                    "SELECT reloptions FROM pg_class WHERE oid = 'dw_storage.accounts'::regclass"
+                )
+            ).scalar_one()
+        assert options == [f"fillfactor={MERGE_FILLFACTOR}"]
     finally:
         dispose(service)

@@ -347,7 +347,8 @@ def test_rewrite_falls_back_to_in_place_when_readers_hold_the_table(
 def test_a_table_with_its_own_triggers_is_merged_in_place(
     pg_url: str, landing_dir: Path, tmp_path: Path
 ):
-    # TRUNCATE would not fire a row trigger someone put on storage (e.g. an audit trigger).
+    # TRUNCATE would not fire a row trigger someone put on storage (e.g. an audit trigger). In
+    # place, a changed row is an UPDATE (a delete of it before round 5): both are recorded.
     service = service_for(pg_url, tmp_path, landing_dir, **REWRITE_ALWAYS)
     try:
         merge(service, write(landing_dir, "v1.csv", ROWS), "run-1")
@@ -361,7 +362,7 @@ def test_a_table_with_its_own_triggers_is_merged_in_place(
             )
             conn.execute(
                 sa.text(
-                    "CREATE TRIGGER note_delete AFTER DELETE ON dw_storage.every_type "
+                    "CREATE TRIGGER note_delete AFTER UPDATE OR DELETE ON dw_storage.every_type "
                     "FOR EACH ROW EXECUTE FUNCTION public.note_delete()"
                 )
             )

@@ -51,6 +51,7 @@ from dw_pipelines.core.faults import NO_FAULTS, Faults
 from dw_pipelines.core.tables import (
     JOB_ID_COLUMN,
     LOADED_AT_COLUMN,
+    MERGE_FILLFACTOR,
     ROW_NUMBER_COLUMN,
     STAGING_SCHEMA,
     STORAGE_SCHEMA,
@@ -896,6 +897,11 @@ def plan(
             )
         ]
         statements += ddl.create(tables.storage)
+        if ddl.postgres and contract.write_mode == "merge":
+            statements.append(
+                f"ALTER TABLE {ddl.table(STORAGE_SCHEMA, contract.name)} "
+                f"SET (fillfactor = {MERGE_FILLFACTOR})"
+            )
         if ddl.postgres and contract.write_mode == "append":
             # Rows of a month whose partition is missing land here (warehouse/promote_attach.py)
             default = ddl.table(STORAGE_SCHEMA, storage_default_partition(contract.name))

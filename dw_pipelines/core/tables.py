@@ -19,6 +19,9 @@ ROW_NUMBER_COLUMN = "_dw_row_number"
 TENANT_COLUMN = "_dw_tenant_id"
 LOADED_AT_COLUMN = "_dw_loaded_at"
 LOADS_TABLE = "_dw_loads"
+# Merge tables (PostgreSQL) keep a tenth of each page free, so that a merge's update of a row
+# can write the new version on the row's own page without a new key entry (a HOT update).
+MERGE_FILLFACTOR = 90
 
 
 class _DecimalAsText(sa.types.TypeDecorator):

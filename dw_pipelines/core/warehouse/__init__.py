@@ -17,8 +17,9 @@ SQLite the two schemas are attached database files next to the main one), plus
   on `_dw_loaded_at`, cheap to maintain on an append-only table) and inserts the staged ones; on
   Postgres a job of at least DW_ATTACH_MIN_ROWS rows is attached instead: its staging table
   becomes a partition of storage (`promote_attach.py`), and a re-load drops that partition.
-  `merge`: promotion deletes the rows whose values change and inserts new and changed rows, keyed
-  by (`_dw_tenant_id`, primary key), so one tenant never touches another's rows and unchanged rows
+  `merge`: promotion updates the rows whose values change (on Postgres in place, UPDATE … FROM;
+  on SQLite a delete and an insert) and inserts the new ones, keyed by (`_dw_tenant_id`,
+  primary key), so one tenant never touches another's rows and unchanged rows
   keep their lineage (the job that last changed them). Either way promotion is one transaction,
   and re-running it leaves storage as it was.
 
@@ -253,6 +254,7 @@ class Warehouse(StagingLoads, AppendPromotion, AttachPromotion, MergePromotion):
                     source,
                     target_columns,
                     tenant_id,
+                    loaded_at,
                     newer,
                 )
             self._record_load(

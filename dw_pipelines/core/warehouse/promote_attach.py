@@ -18,9 +18,10 @@ Why the month level: attaching a partition next to a DEFAULT partition makes Pos
 the DEFAULT for rows of the new partition (~0.35 s per million rows, under an exclusive lock on
 it). With a DEFAULT per month the scan covers that month's small loads, not the table's history.
 
-A job that may attach is staged into a LOGGED partition from the start (`stage_logged`):
-making an unlogged table durable afterwards (`SET LOGGED`) rewrites it through the WAL, about
-what the copy it replaces costs (benchmarks/attach.py). Promotion then, in its transaction:
+A job that is likely to attach is staged into a LOGGED partition from the start
+(`stage_logged`): making an unlogged table durable afterwards (`SET LOGGED`) rewrites it through
+the WAL, about half what the copy it replaces costs (benchmarks/attach.py); a job that reaches
+the threshold from a smaller file than expected pays that instead. Promotion, in its transaction:
 detaches the partition from staging, drops `_dw_row_number`, adds the tenant and load time as
 columns with constant defaults (metadata only), proves the partition bound with one CHECK
 (one scan), renames it into `dw_storage` and attaches it to the month. Any refusal on the way
@@ -57,6 +58,13 @@ _log = logging.getLogger(__name__)
 # that readers of the partition hold while they read, and every later reader queues behind a
 # waiting one: the wait must stay short.
 ATTACH_LOCK_TIMEOUT = "1s"
+# A job is staged logged from the start when its source has at least DW_ATTACH_MIN_ROWS times
+# this many bytes: rows of real files are longer (the benchmark's 7 columns: 92 bytes), so such
+# a file most likely holds enough rows to attach. A smaller file is staged unlogged (no WAL: a
+# 100,000-row, 9 MB file stages in 0.44 s unlogged against 0.77 s logged), and should it still
+# reach the threshold, promotion makes it logged first (SET LOGGED rewrites it through the WAL:
+# ~1 s per 1M rows, still faster than the copy).
+LOGGED_MIN_BYTES_PER_ROW = 32
 # The advisory lock space under which a dataset's month partitions are created (one at a time).
 PARTITIONS_LOCK = "dw_pipelines.partitions"
 
@@ -88,12 +96,12 @@ class AttachPromotion:
         return self._partitioned[contract.name]
 
     def stage_logged(self, contract: DatasetContract, size_hint: int | None) -> bool:
-        """Whether the job's staging partition is created logged, so that promotion may attach
-        it: a source of fewer bytes than DW_ATTACH_MIN_ROWS cannot hold that many rows (each
-        row takes at least its line end), so it keeps the cheaper unlogged scratch."""
+        """Whether the job's staging partition is created logged, ready to be attached: when
+        the source is large enough to most likely hold DW_ATTACH_MIN_ROWS rows (see
+        LOGGED_MIN_BYTES_PER_ROW; unknown sizes count as large)."""
         if self.attach_min_rows is None or not self.partitioned_storage(contract):
             return False
-        return size_hint is None or size_hint >= self.attach_min_rows
+        return size_hint is None or size_hint >= self.attach_min_rows * LOGGED_MIN_BYTES_PER_ROW
 
     def ensure_load_month(self, contract: DatasetContract, loaded_at: datetime) -> None:
         """Create the partition of the month `loaded_at` falls in, and of the month after, if
@@ -250,8 +258,8 @@ class AttachPromotion:
         loaded_at: datetime,
     ) -> int | None:
         """Make the job's staging partition storage's partition for this load; returns its rows,
-        or None if the job is to be copied instead (too small, staged unlogged, no month
-        partition, or the attach refused)."""
+        or None if the job is to be copied instead (too small, no month partition, or the
+        attach refused). A partition staged unlogged is made logged first."""
         if self.attach_min_rows is None:
             return None
         staged = staging_partition(contract.name, job_id)
@@ -262,7 +270,7 @@ class AttachPromotion:
         month, start, end = load_month(loaded_at)
         month_name = storage_month_partition(contract.name, month)
         target = storage_job_partition(contract.name, month, job_id)
-        if persistence != "p" or not _exists(conn, STORAGE_SCHEMA, month_name):
+        if persistence is None or not _exists(conn, STORAGE_SCHEMA, month_name):
             return None
         if _exists(conn, STORAGE_SCHEMA, target):
             return None  # a previous load that could not be dropped: the copy lands next to it
@@ -273,7 +281,9 @@ class AttachPromotion:
             return None
         try:
             with conn.begin_nested(), _lock_timeout(conn):
-                self._move_into_storage(conn, contract, staged, target, tenant_id, loaded_at)
+                self._move_into_storage(
+                    conn, contract, staged, target, tenant_id, loaded_at, persistence == "u"
+                )
                 self._ensure_bound(conn, target, job_id, start, end)
                 self.faults.hit("promote.attach", conn)
                 conn.execute(
@@ -301,8 +311,10 @@ class AttachPromotion:
         target: str,
         tenant_id: str,
         loaded_at: datetime,
+        unlogged: bool,
     ) -> None:
-        """Detach the staging partition and give it storage's columns, as catalog changes only:
+        """Detach the staging partition (made logged if it is not) and give it storage's
+        columns, as catalog changes only:
         the dropped row number stays as dead bytes in each row, and the added columns' constant
         defaults become the stored rows' "missing" values, which stay when the defaults are
         dropped right after (so that nothing inserted later gets them silently)."""
@@ -313,6 +325,8 @@ class AttachPromotion:
                 f"DETACH PARTITION {table}"
             )
         )
+        if unlogged:
+            conn.execute(sa.text(f"ALTER TABLE {table} SET LOGGED"))
         conn.execute(
             sa.text(
                 f"ALTER TABLE {table} DROP COLUMN {ROW_NUMBER_COLUMN}, "

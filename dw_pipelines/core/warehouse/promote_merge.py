@@ -5,6 +5,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -12,6 +13,7 @@ from sqlalchemy.engine import Connection
 from dw_pipelines.core.contracts import DatasetContract
 from dw_pipelines.core.tables import (
     JOB_ID_COLUMN,
+    LOADED_AT_COLUMN,
     STORAGE_SCHEMA,
     TENANT_COLUMN,
 )
@@ -72,6 +74,7 @@ class MergePromotion:
         source: sa.Select,
         target_columns: list[str],
         tenant_id: str,
+        loaded_at: datetime,
         newer: sa.Select | None = None,
     ) -> tuple[int, int, int, str, int]:
         """Upsert the staged rows by (tenant, primary key): in place, by changed keys, or by a
@@ -102,15 +105,22 @@ class MergePromotion:
             strategy, deleted = "rewrite", rewritten.removed
             inserted = _rowcount(conn, new_and_changed)
             conn.execute(sa.text(rewritten.restore_key))
-        elif self._large_in_place(conn, rows):
+        elif not delta and self._large_in_place(conn, rows):
+            # (A delta looks each staged key up anyway: the plain statements below do that
+            # once each, where finding its changed keys first would add a third look-up.)
             deleted, inserted = self._merge_by_changed_keys(
-                conn, storage, staged, source, target_columns, contract, tenant_id, delta
+                conn, storage, staged, source, target_columns, contract, tenant_id, loaded_at
             )
-        else:
+        elif self._postgres:
             with _planner_settings(conn, delta):
-                delete = self._delete_changed(storage, of_job, key_match, changed)
-                deleted = conn.execute(delete).rowcount
-                inserted = _rowcount(conn, new_and_changed)
+                # The changed rows in place, then the new keys (the changed ones exist now).
+                update = _update_changed(storage, staged, contract, key_match, changed, loaded_at)
+                deleted = _rowcount(conn, update)
+                inserted = deleted + _rowcount(conn, new_and_changed)
+        else:
+            delete = self._delete_changed(storage, of_job, key_match, changed)
+            deleted = conn.execute(delete).rowcount
+            inserted = _rowcount(conn, new_and_changed)
         return rows, inserted, deleted, strategy, 0
 
     def _delta_settings(self, conn: Connection, storage: sa.Table, rows: int) -> dict[str, str]:
@@ -186,7 +196,7 @@ class MergePromotion:
         target_columns: list[str],
         contract: DatasetContract,
         tenant_id: str,
-        delta: dict[str, str],
+        loaded_at: datetime,
     ) -> tuple[int, int]:
         """Merge a large job in place with one join of the file against the table.
 
@@ -195,7 +205,9 @@ class MergePromotion:
         daily snapshot with 1 % changed). Here one join writes the keys of the new and changed
         rows to a temporary table, which is small when few rows change, and the delete and the
         insert then only join those keys (for that snapshot: 0.44 s for the join, 0.1 s for the
-        rest). Returns (deleted, inserted), the same as the plain statements give.
+        rest); the changed rows are updated in place, the new ones inserted. Returns (deleted,
+        inserted) as a delete of the changed rows and an insert of new and changed ones count
+        them, the same as the plain statements give.
         """
         keys = contract.primary_key
         key_match, changed = _merge_predicates(storage, staged, contract, tenant_id)
@@ -206,9 +218,9 @@ class MergePromotion:
             .where(sa.or_(stored_key.is_(None), changed))
         )
         compiled = changed_keys.compile(conn)
-        # A delta looks its keys up; a job as large as its table hashes it, the same kind of
-        # join as the rewrite's kept rows.
-        with _planner_settings(conn, delta or BULK_ANTI_JOIN_SETTINGS):
+        # A job as large as its table (deltas merge with the plain statements): a hash join,
+        # the same kind of join as the rewrite's kept rows.
+        with _planner_settings(conn, BULK_ANTI_JOIN_SETTINGS):
             conn.exec_driver_sql(
                 f"CREATE TEMPORARY TABLE dw_changed_keys ON COMMIT DROP AS {compiled}",
                 compiled.params,
@@ -217,19 +229,16 @@ class MergePromotion:
         found = sa.table(
             "dw_changed_keys", *[sa.column(k) for k in keys], sa.column("_dw_replaces", sa.Boolean)
         )
-        with _planner_settings(conn, delta):
-            deleted = conn.execute(
-                storage.delete().where(
-                    storage.c[TENANT_COLUMN] == tenant_id,
-                    *[storage.c[k] == found.c[k] for k in keys],
-                    found.c["_dw_replaces"],
-                )
-            ).rowcount
-        is_found = sa.exists(
-            sa.select(sa.literal(1)).where(*[found.c[k] == staged.c[k] for k in keys])
+        found_staged = sa.and_(*[found.c[k] == staged.c[k] for k in keys])
+        # The changed rows in place (the keys found replacing a stored row) ...
+        replaced = sa.and_(key_match, found_staged, found.c["_dw_replaces"])
+        deleted = _rowcount(
+            conn, _update_changed(storage, staged, contract, replaced, sa.true(), loaded_at)
         )
-        inserted = _rowcount(
-            conn, storage.insert().from_select(target_columns, source.where(is_found))
+        # ... then the new keys.
+        is_new = sa.exists(sa.select(sa.literal(1)).where(found_staged, ~found.c["_dw_replaces"]))
+        inserted = deleted + _rowcount(
+            conn, storage.insert().from_select(target_columns, source.where(is_new))
         )
         conn.execute(sa.text("DROP TABLE dw_changed_keys"))
         return deleted, inserted
@@ -424,6 +433,29 @@ class MergePromotion:
 
 def _rowcount(conn: Connection, statement: sa.Executable) -> int:
     return conn.execute(statement, execution_options={"preserve_rowcount": True}).rowcount
+
+
+def _update_changed(
+    storage: sa.Table,
+    staged: sa.FromClause,
+    contract: DatasetContract,
+    key_match: sa.ColumnElement,
+    changed: sa.ColumnElement,
+    loaded_at: datetime,
+) -> sa.Update:
+    """UPDATE … FROM the staged rows every stored row whose values differ, with this job's
+    lineage: what a delete of those rows and an insert of the staged ones leave (PostgreSQL).
+
+    One key look-up per staged row instead of the delete's and the insert's two, and one new row
+    version, which stays on its page when the page has room (a HOT update: no key entry), where
+    the delete and insert write a new row and its key entry elsewhere. Measured for a 100,000-row
+    delta (90 % changed keys strided over 1M stored rows): see docs/benchmarks.md, round 5."""
+    values = {
+        storage.c[c]: staged.c[c] for c in contract.column_names if c not in contract.primary_key
+    }
+    values[storage.c[JOB_ID_COLUMN]] = staged.c[JOB_ID_COLUMN]
+    values[storage.c[LOADED_AT_COLUMN]] = sa.literal(loaded_at, sa.DateTime(timezone=True))
+    return storage.update().where(key_match, changed).values(values)
 
 
 def _merge_predicates(
