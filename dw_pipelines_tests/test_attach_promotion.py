@@ -364,10 +364,21 @@ def test_months_are_made_ahead_and_one_that_cannot_be_made_loads_into_the_defaul
     assert tree(april)["events__default"][1] == 1500
     assert "events__p202704" not in tree(april)
     assert loaded_at_of(april, job) == at(2027, 4)()
+    # April's next load (a new process), with the report gone, makes the month and moves the
+    # rows parked in the DEFAULT into it; its own job attaches.
+    later = make_service("april-later", DW_ATTACH_MIN_ROWS=str(MIN_ROWS))
+    later.queue.clock = at(2027, 4, 20)
+    second, details = load(later, write_rows(landing_dir, "apr2.csv", 1200, "apr2"), "run-4")
+    assert details["strategy"] == "attach"
+    partitions = tree(later)
+    assert partitions["events__default"][1] == 0
+    assert partitions["events__p202704_small"] == ("events__p202704", 1500)
+    assert partitions[storage_job_partition("events", "202704", second)][1] == 1200
+    assert len(rows_of(later, job)) == 1500
     # Once the report is gone, the next month's first load makes its month and attaches.
     may = make_service("may", DW_ATTACH_MIN_ROWS=str(MIN_ROWS))
     may.queue.clock = at(2027, 5, 1)
-    job, details = load(may, write_rows(landing_dir, "may.csv", 1500, "may"), "run-4")
+    job, details = load(may, write_rows(landing_dir, "may.csv", 1500, "may"), "run-5")
     assert details["strategy"] == "attach"
     assert tree(may)[storage_job_partition("events", "202705", job)] == ("events__p202705", 1500)
     with may.warehouse.engine.connect() as conn:
@@ -379,7 +390,7 @@ def test_months_are_made_ahead_and_one_that_cannot_be_made_loads_into_the_defaul
                 )
             ).all()
         )
-    assert counts == {"202701": 1500, "202702": 1500, "202704": 1500, "202705": 1500}
+    assert counts == {"202701": 1500, "202702": 1500, "202704": 2700, "202705": 1500}
     assert len(rows_of(may, january)) == 1500
 
 

@@ -9,6 +9,7 @@ older plain tables keep the copy):
         <dataset>__p202612_j<hash> one job's rows, attached whole (at least DW_ATTACH_MIN_ROWS)
         <dataset>__p202612_small   DEFAULT: the month's smaller loads, copied in
       <dataset>__default           DEFAULT: rows of a month whose partition could not be created
+                                   (yet: the month's next load that makes it moves them in)
 
 Readers, views and grants use the parent table only, as before; the partitions are its storage.
 The partition count is bounded: two per month that had loads, one per job of at least
@@ -45,6 +46,7 @@ from dw_pipelines.core.tables import (
     STORAGE_SCHEMA,
     TENANT_COLUMN,
     staging_partition,
+    storage_default_partition,
     storage_job_partition,
     storage_month_partition,
     storage_small_loads_partition,
@@ -115,8 +117,7 @@ class AttachPromotion:
         rarely matters: it is made by any load of the month before, so a month's first load
         seldom has to make its own. If the month cannot be made (a worker that does not own the
         table, a lock not granted), its rows go to the table's DEFAULT partition and its jobs
-        are copied, not attached; once that DEFAULT holds rows of a month, that month's
-        partition can no longer be attached (PostgreSQL refuses it), and the month stays there.
+        are copied, not attached, until a later load of the month makes it (and moves them).
         """
         month, start, end = load_month(loaded_at)
         self._ensure_month(contract, month, start, end, needed=True)
@@ -185,6 +186,18 @@ class AttachPromotion:
         )
         conn.execute(sa.text(f"CREATE TABLE {small} (LIKE {parent} INCLUDING DEFAULTS)"))
         conn.execute(sa.text(f"ALTER TABLE {period} ATTACH PARTITION {small} DEFAULT"))
+        # Rows of this month that went to the table's DEFAULT while the month could not be made
+        # move into it (PostgreSQL refuses the ATTACH while the DEFAULT holds any).
+        default = _qualified(conn, STORAGE_SCHEMA, storage_default_partition(contract.name))
+        columns = ", ".join(_quote(conn, c.name) for c in self.tables(contract).storage.columns)
+        conn.execute(
+            sa.text(
+                f"WITH moved AS (DELETE FROM {default} WHERE {LOADED_AT_COLUMN} >= :start AND "
+                f"{LOADED_AT_COLUMN} < :end RETURNING {columns}) "
+                f"INSERT INTO {small} ({columns}) SELECT {columns} FROM moved"
+            ),
+            {"start": start, "end": end},
+        )
         conn.execute(
             sa.text(
                 f"ALTER TABLE {parent} ATTACH PARTITION {period} FOR VALUES FROM "
