@@ -148,6 +148,47 @@ def test_rewrite_gives_the_in_place_content_lineage_and_counts(
     }
 
 
+def test_one_merge_statement_gives_what_update_then_insert_gives(
+    pg_url: str, pg_admin: sa.Engine, landing_dir: Path, tmp_path: Path
+):
+    # PostgreSQL 15 merges in place with one MERGE (`promote_merge._merge_statement`), telling
+    # updates from inserts by the server's per-transaction counts; without those counts
+    # (track_counts off, as on a server that cannot count them) the UPDATE ... FROM and INSERT
+    # of new keys run instead. Both give the same rows, lineage and counts.
+    name = pg_url.rsplit("/", 1)[1]
+    with pg_admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}_uncounted" TEMPLATE "{name}"'))
+        conn.execute(sa.text(f'ALTER DATABASE "{name}_uncounted" SET track_counts = off'))
+    try:
+        plain_statements: list[str] = []
+        _, _, plain, plain_rows, _ = two_merges(
+            f"{pg_url}_uncounted", tmp_path / "b", landing_dir, plain_statements, **NEVER
+        )
+    finally:
+        with pg_admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}_uncounted" WITH (FORCE)'))
+    assert not any(s.startswith("MERGE") for s in plain_statements)
+    assert any(s.startswith("UPDATE dw_storage.every_type") for s in plain_statements)
+
+    statements: list[str] = []
+    job1, job2, merged, rows, _ = two_merges(
+        pg_url, tmp_path / "a", landing_dir, statements, **NEVER
+    )
+    assert sum(s.startswith("MERGE INTO dw_storage.every_type") for s in statements) == 2
+    assert not any(s.startswith("UPDATE dw_storage.every_type") for s in statements)
+    assert (merged.strategy, merged.rows, merged.deleted, merged.inserted) == (
+        plain.strategy,
+        plain.rows,
+        plain.deleted,
+        plain.inserted,
+    )
+    assert (merged.deleted, merged.inserted) == (4, 5)
+    assert [normalized(r) for r in rows.values()] == [normalized(plain_rows[k]) for k in rows]
+    lineage = {k: r["_dw_job_id"] for (_, k), r in rows.items()}
+    assert lineage[1] == job1.job_id and lineage[6] == job1.job_id  # unchanged / not in file
+    assert {lineage[k] for k in (2, 3, 4, 5, 7)} == {job2.job_id}
+
+
 def test_a_large_in_place_merge_finds_its_changed_keys_first_with_the_same_result(
     pg_url: str, pg_admin: sa.Engine, landing_dir: Path, tmp_path: Path
 ):
