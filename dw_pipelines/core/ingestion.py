@@ -177,7 +177,7 @@ class IngestionService:
             raise InvalidTransition(
                 f"job {job_id} belongs to dataset '{job.dataset}', not '{dataset}'"
             )
-        job = self.queue.start(job_id, run_id)
+        job = self.queue.start(job_id, run_id, current=job)
         # Checked once the run holds the job, so that a bad row ends FAILED by this run.
         check_consistent(job, self.contracts)
         return job
@@ -267,7 +267,7 @@ class IngestionService:
                 f"job {job_id}: no staged rows to promote; materialize staging/{job.dataset} "
                 "for this job first"
             )
-        self.queue.start(job_id, run_id)
+        self.queue.start(job_id, run_id, current=job)
         counts = self.warehouse.promote(
             contract,
             job_id,

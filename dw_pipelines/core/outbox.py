@@ -427,14 +427,16 @@ class DwIngestionJobQueue:
 
     # -------------------------------------------------------------------------------- runs
 
-    def start(self, job_id: str, run_id: str) -> OutboxJob:
+    def start(self, job_id: str, run_id: str, current: OutboxJob | None = None) -> OutboxJob:
         """The run `run_id` takes the job: PROCESSING, attempts + 1, fresh heartbeat.
 
         A no-op when the run already holds it (an op retry, or the next step of the same run).
         Any other run takes it over (UI re-execution, backfill, manual retry): the newest run
-        is the one the row follows.
+        is the one the row follows. `current`: the row as the caller has just read it (spares
+        reading it again; the transition itself re-reads it under a row lock).
         """
-        current = self.get(job_id)
+        if current is None or current.job_id != job_id:
+            current = self.get(job_id)
         if current.status == "PROCESSING" and current.dagster_run_id == run_id:
             return current
         return self._transition(
@@ -786,15 +788,19 @@ class DwIngestionJobQueue:
                     f"(held by run {current.dagster_run_id})"
                 )
             attempts = current.attempts + attempt_increment
-            conn.execute(
+            update = (
                 outbox.update()
                 .where(outbox.c.job_id == job_id)
                 .values(status=to_status, attempts=attempts, updated_at=now, **(changes or {}))
             )
+            # The row as updated, without reading it again (SQLite has RETURNING from 3.35).
+            returning = conn.dialect.update_returning
+            updated = conn.execute(update.returning(*outbox.c) if returning else update)
+            row = updated.mappings().one() if returning else None
             self._audit(
                 conn, job_id, run_id, event, current.status, to_status, attempts, now, details
             )
-            return self._get(conn, job_id)
+            return OutboxJob.from_row(row) if row is not None else self._get(conn, job_id)
 
     def _get(self, conn: Connection, job_id: str) -> OutboxJob:
         row = conn.execute(sa.select(outbox).where(outbox.c.job_id == job_id)).mappings().first()
