@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+from sqlalchemy.engine import Engine
 
 from dw_pipelines.core.contracts import ContractRegistry
 from dw_pipelines.core.db import create_db_engine
@@ -104,7 +105,7 @@ def build_service(settings: Settings) -> IngestionService:
     return IngestionService(
         queue,
         Warehouse(
-            create_warehouse_engine(settings.warehouse_url),
+            warehouse_engine(settings, queue.engine),
             Faults(parse_faults(settings.fault_injection)),
             load_method=settings.pg_load_method,
             merge_rewrite_share=settings.merge_rewrite_share,
@@ -116,6 +117,19 @@ def build_service(settings: Settings) -> IngestionService:
         batch_rows=settings.read_batch_rows,
         max_value_bytes=settings.max_value_bytes,
     )
+
+
+def warehouse_engine(settings: Settings, outbox_engine: Engine) -> Engine:
+    """The outbox's own engine when the warehouse is the same Postgres database (the usual
+    set-up): a run then opens one connection and pool, not two; each first connection costs a
+    run process a few milliseconds. SQLite warehouses attach their schemas on connect, so they
+    keep an engine of their own."""
+    if (
+        settings.warehouse_url == settings.database_url
+        and outbox_engine.dialect.name == "postgresql"
+    ):
+        return outbox_engine
+    return create_warehouse_engine(settings.warehouse_url)
 
 
 def dispose(service: IngestionService) -> None:

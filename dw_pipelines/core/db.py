@@ -4,6 +4,7 @@ The tables here are the *model*; the Alembic migrations in `core/migrations` cre
 checks that `upgrade head` yields exactly this metadata on both databases.
 """
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -105,7 +106,45 @@ def create_db_engine(url: str) -> Engine:
         # Let SQLAlchemy, not pysqlite, decide when transactions begin (BEGIN IMMEDIATE below).
         sa.event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    return sa.create_engine(sa_url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+    options = {}
+    if sa_url.get_driver_name() in ("psycopg", "psycopg2"):
+        # Nothing here stores hstore; without this each engine's first connection looks the type up.
+        options["use_native_hstore"] = False
+    engine = sa.create_engine(sa_url, pool_size=2, max_overflow=4, **options)
+    _ping_idle_connections(engine)
+    return engine
+
+
+# A pooled connection idle for at least this long is pinged before it is handed out, so one the
+# server dropped meanwhile (a restart, a failover, an idle timeout) is replaced, not used. One
+# checked in a moment ago was just working: a run's steps check a connection out about twenty
+# times within a second, and pinging each (SQLAlchemy's `pool_pre_ping`) cost a round trip apiece.
+PING_AFTER_IDLE_SECONDS = 1.0
+_CHECKED_IN_AT = "dw_checked_in_at"
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    dialect = engine.dialect
+
+    def checked_in(_dbapi_connection, record) -> None:
+        if record is not None:
+            record.info[_CHECKED_IN_AT] = time.monotonic()
+
+    def checked_out(dbapi_connection, record, _proxy) -> None:
+        checked_in_at = record.info.pop(_CHECKED_IN_AT, None)
+        if checked_in_at is None or time.monotonic() - checked_in_at < PING_AFTER_IDLE_SECONDS:
+            return  # a new connection, or one in use a moment ago
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            if dialect.is_disconnect(exc, dbapi_connection, None):
+                # As `pool_pre_ping` does: drop every pooled connection older than now, then
+                # the pool connects anew for this checkout.
+                raise sa.exc.InvalidatePoolError(str(exc)) from exc
+            raise
+
+    sa.event.listen(engine, "checkin", checked_in)  # pool events; they outlive `dispose()`
+    sa.event.listen(engine, "checkout", checked_out)
 
 
 def _sqlite_on_connect(dbapi_connection, _record) -> None:
