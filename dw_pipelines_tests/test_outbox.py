@@ -25,6 +25,7 @@ from dw_pipelines.core.outbox import (
     ENQUEUED,
     FAILED,
     MAX_ERROR_LENGTH,
+    PROMOTED,
     STARTED,
     DwIngestionJobQueue,
     OutboxJob,
@@ -632,6 +633,65 @@ def test_start_then_complete_by_the_holding_run(
         queue.complete("job-1", "run-1", rows_loaded=3, details={})
     with pytest.raises(InvalidTransition):
         queue.fail("job-1", "run-1", "late failure")
+
+
+def test_start_refuses_another_datasets_job_and_changes_nothing(
+    queue: DwIngestionJobQueue,
+) -> None:
+    queue.enqueue(command(job_id="job-1"))
+    before = queue.get("job-1")
+
+    with pytest.raises(InvalidTransition, match="belongs to dataset 'orders', not 'events'"):
+        queue.start("job-1", "run-1", dataset="events")
+
+    assert queue.get("job-1") == before
+    assert [e.event for e in queue.audit_trail("job-1")] == [ENQUEUED]
+    assert queue.start("job-1", "run-1", dataset="orders").status == "PROCESSING"
+
+
+def test_start_by_the_holding_run_is_a_no_op_and_a_takeover_names_the_previous_run(
+    queue: DwIngestionJobQueue, clock: FakeClock
+) -> None:
+    queue.enqueue(command(job_id="job-1"))
+    first = queue.start("job-1", "run-1")
+    clock.advance(seconds=10)
+
+    again = queue.start("job-1", "run-1")  # an op retry, or the run's next step
+    same = queue.start("job-1", "run-1", current=first)  # with the row the caller read
+
+    assert again == first and same == first  # attempts, updated_at: untouched
+    assert [e.event for e in queue.audit_trail("job-1")] == [ENQUEUED, STARTED]
+    with pytest.raises(InvalidTransition, match="not 'events'"):
+        queue.start("job-1", "run-1", current=first, dataset="events")
+
+    taken = queue.start("job-1", "run-2", current=first)  # a re-execution takes it over
+    assert (taken.dagster_run_id, taken.attempts) == ("run-2", 2)
+    assert queue.audit_trail("job-1")[-1].details == {"previous_run_id": "run-1"}
+    assert queue.audit_trail("job-1")[1].details is None  # the first start took it from no run
+
+
+def test_complete_audits_the_steps_before_it_in_one_transaction(
+    queue: DwIngestionJobQueue,
+) -> None:
+    queue.enqueue(command(job_id="job-1"))
+    queue.start("job-1", "run-1")
+
+    queue.complete(
+        "job-1", "run-1", rows_loaded=3, details={"rows": 3}, steps=[(PROMOTED, {"rows": 3})]
+    )
+
+    assert trail_summary(queue, "job-1")[-2:] == [
+        (PROMOTED, "PROCESSING", "PROCESSING", 1, "run-1"),
+        (COMPLETED, "PROCESSING", "COMPLETED", 1, "run-1"),
+    ]
+    promoted, completed = queue.audit_trail("job-1")[-2:]
+    assert promoted.details == {"rows": 3} and promoted.at == completed.at
+    # A refused completion audits none of its steps either.
+    queue.enqueue(command(job_id="job-2"))
+    queue.start("job-2", "run-1")
+    with pytest.raises(InvalidTransition):
+        queue.complete("job-2", "run-9", rows_loaded=1, details={}, steps=[(PROMOTED, {})])
+    assert PROMOTED not in [e.event for e in queue.audit_trail("job-2")]
 
 
 def test_fail_records_the_error_and_a_retry_run_takes_over(

@@ -172,12 +172,7 @@ class IngestionService:
 
         `dataset` guards against a run aimed at another dataset's assets.
         """
-        job = self.queue.get(job_id)
-        if dataset is not None and job.dataset != dataset:
-            raise InvalidTransition(
-                f"job {job_id} belongs to dataset '{job.dataset}', not '{dataset}'"
-            )
-        job = self.queue.start(job_id, run_id, current=job)
+        job = self.queue.start(job_id, run_id, dataset=dataset)
         # Checked once the run holds the job, so that a bad row ends FAILED by this run.
         check_consistent(job, self.contracts)
         return job
@@ -288,8 +283,14 @@ class IngestionService:
             schema_version=self.warehouse.schema_version(contract),
             kept_newer=counts.kept_newer,
         )
-        self.queue.record_step(job_id, run_id, PROMOTED, result.details())
-        self.queue.complete(job_id, run_id, rows_loaded=counts.rows, details=result.details())
+        # PROMOTED and COMPLETED in one outbox transaction: the storage write has committed.
+        self.queue.complete(
+            job_id,
+            run_id,
+            rows_loaded=counts.rows,
+            details=result.details(),
+            steps=[(PROMOTED, result.details())],
+        )
         if not keep_staging:
             self.warehouse.discard_staging(contract, job_id)
         return result

@@ -427,18 +427,34 @@ class DwIngestionJobQueue:
 
     # -------------------------------------------------------------------------------- runs
 
-    def start(self, job_id: str, run_id: str, current: OutboxJob | None = None) -> OutboxJob:
+    def start(
+        self,
+        job_id: str,
+        run_id: str,
+        current: OutboxJob | None = None,
+        dataset: str | None = None,
+    ) -> OutboxJob:
         """The run `run_id` takes the job: PROCESSING, attempts + 1, fresh heartbeat.
 
         A no-op when the run already holds it (an op retry, or the next step of the same run).
         Any other run takes it over (UI re-execution, backfill, manual retry): the newest run
-        is the one the row follows. `current`: the row as the caller has just read it (spares
-        reading it again; the transition itself re-reads it under a row lock).
+        is the one the row follows. `current`: the row as the caller has just read it (when the
+        run holds it already, nothing is read again). `dataset`: refuse a job of another
+        dataset (a run aimed at another dataset's assets).
         """
-        if current is None or current.job_id != job_id:
-            current = self.get(job_id)
-        if current.status == "PROCESSING" and current.dagster_run_id == run_id:
+        if current is not None and current.job_id == job_id and _held_by(current, run_id):
+            _check_dataset(current, dataset)
             return current
+
+        def held(row: OutboxJob) -> bool:  # read under the row lock
+            _check_dataset(row, dataset)
+            return _held_by(row, run_id)
+
+        def details(row: OutboxJob) -> dict[str, Any] | None:
+            if row.dagster_run_id and row.dagster_run_id != run_id:
+                return {"previous_run_id": row.dagster_run_id}
+            return None
+
         return self._transition(
             job_id,
             run_id,
@@ -453,9 +469,8 @@ class DwIngestionJobQueue:
                 "heartbeat_at": self.clock(),
             },
             require_run=False,
-            details={"previous_run_id": current.dagster_run_id}
-            if current.dagster_run_id and current.dagster_run_id != run_id
-            else None,
+            details=details,
+            unless=held,
         )
 
     def schedule_retry(
@@ -588,8 +603,14 @@ class DwIngestionJobQueue:
         )
 
     def complete(
-        self, job_id: str, run_id: str, rows_loaded: int, details: dict[str, Any]
+        self,
+        job_id: str,
+        run_id: str,
+        rows_loaded: int,
+        details: dict[str, Any],
+        steps: Sequence[tuple[str, dict[str, Any]]] = (),
     ) -> OutboxJob:
+        """COMPLETED, audited after `steps` (event, details: e.g. PROMOTED) in one transaction."""
         return self._transition(
             job_id,
             run_id,
@@ -598,6 +619,7 @@ class DwIngestionJobQueue:
             allowed_from=("PROCESSING",),
             changes={"rows_loaded": rows_loaded, "last_error": None},
             details=details,
+            steps=steps,
         )
 
     def fail(
@@ -766,9 +788,15 @@ class DwIngestionJobQueue:
         allowed_from: Sequence[str],
         attempt_increment: int = 0,
         changes: Mapping[str, Any] | None = None,
-        details: dict[str, Any] | None = None,
+        details: dict[str, Any] | Callable[[OutboxJob], dict[str, Any] | None] | None = None,
         require_run: bool = True,
+        steps: Sequence[tuple[str, dict[str, Any]]] = (),
+        unless: Callable[[OutboxJob], bool] | None = None,
     ) -> OutboxJob:
+        """Move the job to `to_status` and audit it; `steps` are audited first, as steps inside
+        the current status (what `record_step` writes), in the same transaction. `unless` and a
+        callable `details` see the row as read under its lock: when `unless` is true, the row is
+        returned unchanged."""
         now = self.clock()
         with self._connection(None) as conn:
             select = sa.select(outbox).where(outbox.c.job_id == job_id)
@@ -778,6 +806,10 @@ class DwIngestionJobQueue:
             if row is None:
                 raise JobNotFound(job_id)
             current = OutboxJob.from_row(row)
+            if unless is not None and unless(current):
+                return current
+            if callable(details):
+                details = details(current)
             if current.status not in allowed_from:
                 raise InvalidTransition(
                     f"job {job_id}: cannot go from {current.status} to {to_status} ({event})"
@@ -797,8 +829,19 @@ class DwIngestionJobQueue:
             returning = conn.dialect.update_returning
             updated = conn.execute(update.returning(*outbox.c) if returning else update)
             row = updated.mappings().one() if returning else None
-            self._audit(
-                conn, job_id, run_id, event, current.status, to_status, attempts, now, details
+            self._audit_many(
+                conn,
+                [
+                    *(
+                        _audit_values(
+                            job_id, run_id, step, current.status, current.status, attempts, now, d
+                        )
+                        for step, d in steps
+                    ),
+                    _audit_values(
+                        job_id, run_id, event, current.status, to_status, attempts, now, details
+                    ),
+                ],
             )
             return OutboxJob.from_row(row) if row is not None else self._get(conn, job_id)
 
@@ -807,9 +850,6 @@ class DwIngestionJobQueue:
         if row is None:
             raise JobNotFound(job_id)
         return OutboxJob.from_row(row)
-
-    def _audit(self, conn: Connection, *args: Any) -> None:
-        self._audit_many(conn, [_audit_values(*args)])
 
     @staticmethod
     def _audit_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -836,6 +876,17 @@ class DwIngestionJobQueue:
     def _read(self) -> Iterator[Connection]:
         with self._connection(None) as conn:
             yield conn
+
+
+def _held_by(job: OutboxJob, run_id: str) -> bool:
+    return job.status == "PROCESSING" and job.dagster_run_id == run_id
+
+
+def _check_dataset(job: OutboxJob, dataset: str | None) -> None:
+    if dataset is not None and job.dataset != dataset:
+        raise InvalidTransition(
+            f"job {job.job_id} belongs to dataset '{job.dataset}', not '{dataset}'"
+        )
 
 
 def _audit_values(

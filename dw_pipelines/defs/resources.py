@@ -5,7 +5,8 @@ never shows them in the UI. Left empty, they fall back to the settings (the embe
 
 Inside a run the resource also keeps a heartbeat: a background thread refreshes `heartbeat_at`
 on the rows the run holds for as long as the run process lives, including while it sleeps before
-a retry. The reconciler reads a stale heartbeat as a dead run (killed process, lost pod).
+a retry. The reconciler reads a stale heartbeat as a dead run (killed process, lost pod). Its
+first beat comes as the run starts, and so opens the run's database connection early.
 """
 
 import dataclasses
@@ -81,12 +82,18 @@ class DwResource(dg.ConfigurableResource):
 
     def _start_heartbeat(self, run_id: str, context: dg.InitResourceContext) -> None:
         interval = self.settings().heartbeat_seconds
+        service = self.service  # built here, before the thread shares it
         stop = threading.Event()
 
         def beat() -> None:
-            while not stop.wait(interval):
+            # The first beat at once: it opens the run's database connection, and warms the
+            # server's caches on it, while Dagster writes the run's opening events, not when the
+            # first step needs them (the wait on the server releases the GIL).
+            wait = 0.0
+            while not stop.wait(wait):
+                wait = interval
                 try:
-                    self.service.heartbeat(run_id)
+                    service.heartbeat(run_id)
                 except Exception as exc:  # a missed beat is harmless; the next one may work
                     if context.log is not None:
                         context.log.warning(f"heartbeat for run {run_id} failed: {exc}")

@@ -120,9 +120,23 @@ class AttachPromotion:
         are copied, not attached, until a later load of the month makes it (and moves them).
         """
         month, start, end = load_month(loaded_at)
-        self._ensure_month(contract, month, start, end, needed=True)
         after, after_start, after_end = load_month(end)
-        self._ensure_month(contract, after, after_start, after_end, needed=False)
+        wanted = {
+            m: bounds
+            for m, bounds in ((month, (start, end)), (after, (after_start, after_end)))
+            if m not in self._months.setdefault(contract.name, set())
+        }
+        if not wanted:
+            return
+        # Both months looked up in one round trip; usually both exist and nothing else runs.
+        names = {m: storage_month_partition(contract.name, m) for m in wanted}
+        with self.engine.connect() as conn:
+            existing = _existing(conn, STORAGE_SCHEMA, list(names.values()))
+        for m, (m_start, m_end) in wanted.items():
+            if names[m] in existing:
+                self._months[contract.name].add(m)
+            else:
+                self._ensure_month(contract, m, m_start, m_end, needed=m == month)
 
     def _ensure_month(
         self,
@@ -222,22 +236,23 @@ class AttachPromotion:
             storage_job_partition(contract.name, month, job_id),  # a re-load not dropped
             storage_small_loads_partition(contract.name, month),
         ]
-        for name in candidates:
-            qualified = _qualified(conn, STORAGE_SCHEMA, name)
-            may_insert = conn.execute(
-                sa.text(
-                    "SELECT to_regclass(:name) IS NOT NULL"
-                    " AND has_table_privilege(to_regclass(:name), 'INSERT')"
-                ),
-                {"name": qualified},
-            ).scalar_one()
-            if may_insert:
-                return sa.table(
-                    name,
-                    *[sa.column(c.name, c.type) for c in storage.columns],
-                    schema=STORAGE_SCHEMA,
-                )
-        return storage
+        qualified = {_qualified(conn, STORAGE_SCHEMA, n): n for n in candidates}
+        # The first candidate that exists and that this worker may insert into, in one query.
+        first = conn.execute(
+            sa.text(
+                "SELECT name FROM unnest(CAST(:names AS text[])) WITH ORDINALITY AS t(name, i)"
+                " WHERE to_regclass(name) IS NOT NULL"
+                " AND has_table_privilege(to_regclass(name), 'INSERT') ORDER BY i LIMIT 1"
+            ),
+            {"names": list(qualified)},
+        ).scalar_one_or_none()
+        if first is None:
+            return storage
+        return sa.table(
+            qualified[first],
+            *[sa.column(c.name, c.type) for c in storage.columns],
+            schema=STORAGE_SCHEMA,
+        )
 
     def _drop_attached_load(
         self, conn: Connection, contract: DatasetContract, job_id: str, previous: datetime
@@ -276,16 +291,25 @@ class AttachPromotion:
         if self.attach_min_rows is None:
             return None
         staged = staging_partition(contract.name, job_id)
-        persistence = conn.execute(
-            sa.text("SELECT relpersistence FROM pg_class WHERE oid = to_regclass(:name)"),
-            {"name": _qualified(conn, STAGING_SCHEMA, staged)},
-        ).scalar_one_or_none()
         month, start, end = load_month(loaded_at)
         month_name = storage_month_partition(contract.name, month)
         target = storage_job_partition(contract.name, month, job_id)
-        if persistence is None or not _exists(conn, STORAGE_SCHEMA, month_name):
+        # The staged table's persistence and whether the month and the job's partition exist,
+        # in one round trip.
+        persistence, month_exists, target_exists = conn.execute(
+            sa.text(
+                "SELECT (SELECT relpersistence FROM pg_class WHERE oid = to_regclass(:staged)),"
+                " to_regclass(:month) IS NOT NULL, to_regclass(:target) IS NOT NULL"
+            ),
+            {
+                "staged": _qualified(conn, STAGING_SCHEMA, staged),
+                "month": _qualified(conn, STORAGE_SCHEMA, month_name),
+                "target": _qualified(conn, STORAGE_SCHEMA, target),
+            },
+        ).one()
+        if persistence is None or not month_exists:
             return None
-        if _exists(conn, STORAGE_SCHEMA, target):
+        if target_exists:
             return None  # a previous load that could not be dropped: the copy lands next to it
         rows = conn.execute(
             sa.text(f"SELECT count(*) FROM {_qualified(conn, STAGING_SCHEMA, staged)}")
@@ -394,6 +418,19 @@ class _lock_timeout:
                 sa.text("SELECT set_config('lock_timeout', :value, true)"),
                 {"value": self.before},
             )
+
+
+def _existing(conn: Connection, schema: str, names: list[str]) -> set[str]:
+    """Which of the tables `names` (in `schema`) exist: one round trip."""
+    qualified = {_qualified(conn, schema, n): n for n in names}
+    found = conn.execute(
+        sa.text(
+            "SELECT name FROM unnest(CAST(:names AS text[])) AS t(name)"
+            " WHERE to_regclass(name) IS NOT NULL"
+        ),
+        {"names": list(qualified)},
+    ).scalars()
+    return {qualified[q] for q in found}
 
 
 def _exists(conn: Connection, schema: str, name: str) -> bool:
