@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from dw_pipelines.core.errors import ConfigurationError
 from dw_pipelines.core.tables import staging_partition, storage_job_partition
-from dw_pipelines.core.warehouse import promote_attach
+from dw_pipelines.core.warehouse import promote_attach, staging
 from dw_pipelines.core.warehouse.promote_attach import ATTACH_LOCK_TIMEOUT, load_month
 from dw_pipelines.services import build_service, dispose
 from dw_pipelines_tests.conftest import make_settings
@@ -240,6 +240,7 @@ def test_a_job_staged_unlogged_is_made_logged_to_attach(
     staged as unlogged scratch; if it reaches the threshold all the same, it is attached after
     a SET LOGGED, and its rows are as durable as the rest of storage."""
     monkeypatch.setattr(promote_attach, "LOGGED_MIN_BYTES_PER_ROW", 1000)
+    monkeypatch.setattr(staging, "LOGGED_SMALL_SOURCE_BYTES", 0)  # nor staged logged as small
     service = make_service("attach", DW_ATTACH_MIN_ROWS=str(MIN_ROWS))
     source = write_rows(landing_dir, "narrow.csv", 1500)  # ~45 bytes a row: under 1000
     job_id = service.queue.enqueue(
@@ -264,6 +265,36 @@ def test_a_job_staged_unlogged_is_made_logged_to_attach(
         ).scalar_one()
     assert persistence == "p"
     assert len(rows_of(service, job_id)) == 1500
+
+
+def test_a_copied_job_is_staged_logged_when_small_and_unlogged_when_not(
+    make_service, landing_dir: Path
+):
+    """Staging without attach (DW_ATTACH_MIN_ROWS off) is UNLOGGED scratch, except for a file
+    under LOGGED_SMALL_SOURCE_BYTES, whose few rows cost less WAL than an unlogged table's init
+    forks cost at CREATE. Both promote the same way."""
+    service = make_service("copied", DW_ATTACH_MIN_ROWS="off")
+    persistence = {}
+    for name, count in (("small.csv", 10), ("larger.csv", 3000)):
+        source = write_rows(landing_dir, name, count, name[0])
+        assert (source.stat().st_size < staging.LOGGED_SMALL_SOURCE_BYTES) == (count == 10)
+        job_id = service.queue.enqueue(
+            {"dataset": "events", "source_uri": str(source), "business_date": "2026-12-03",
+             "tenant_id": TENANT}
+        ).job.job_id  # fmt: skip
+        service.stage(service.start(job_id, "run-1"), "run-1")
+        with service.warehouse.engine.connect() as conn:
+            persistence[name] = conn.execute(
+                sa.text("SELECT relpersistence FROM pg_class WHERE oid = to_regclass(:name)"),
+                {"name": f"dw_staging.{staging_partition('events', job_id)}"},
+            ).scalar_one()
+        result = service.promote(job_id, "run-1")
+        assert (result.strategy, result.rows, len(rows_of(service, job_id))) == (
+            "insert",
+            count,
+            count,
+        )
+    assert persistence == {"small.csv": "p", "larger.csv": "u"}
 
 
 def test_a_reload_drops_the_jobs_partition_and_attaches_the_new_rows(

@@ -979,18 +979,20 @@ class Evolution:
             state = inspect(conn, contract, self.tables(contract))
         return plan(state, contract, self.tables(contract), self.engine.dialect)
 
-    def ensure(self, contract: DatasetContract, applied_by: str) -> int:
+    def ensure(self, contract: DatasetContract, applied_by: str) -> tuple[int, bool | None]:
         """Make the dataset's tables match its contract where that is safe; return the schema
-        version storage is at. Raises `SchemaChangeRequired` for anything else."""
+        version storage is at, and whether storage is a partitioned table as the catalog showed
+        it (None when this call changed the tables). Raises `SchemaChangeRequired` for anything
+        else."""
         tables = self.tables(contract)
         with self.engine.connect() as conn:
             state = inspect(conn, contract, tables)
         found = plan(state, contract, tables, self.engine.dialect)
         if found.up_to_date and state.bookkeeping_ready and state.latest is not None:
-            return state.latest.version
+            return state.latest.version, state.storage.partitioned if state.storage else None
         if not found.safe:
             raise found.refusal()
-        return self.apply(contract, applied_by, allow_destructive=False)[1]
+        return self.apply(contract, applied_by, allow_destructive=False)[1], None
 
     def apply(
         self,

@@ -177,8 +177,10 @@ class Warehouse(StagingLoads, AppendPromotion, AttachPromotion, MergePromotion):
         dataset and process: a run's later steps reuse the answer."""
         tables = self.tables(contract)
         if contract.name not in self._schema_versions:
-            version = self.evolution.ensure(contract, applied_by)
+            version, partitioned = self.evolution.ensure(contract, applied_by)
             self._schema_versions[contract.name] = version
+            if partitioned is not None:  # spares `partitioned_storage` its own look-up
+                self._partitioned.setdefault(contract.name, partitioned)
         return tables
 
     def schema_version(self, contract: DatasetContract) -> int:

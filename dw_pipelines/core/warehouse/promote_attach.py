@@ -87,8 +87,8 @@ class AttachPromotion:
         a table never changes between plain and partitioned)."""
         if not self._postgres or contract.write_mode != "append":
             return False
+        storage = self.ensure_tables(contract).storage  # its catalog read usually answers
         if contract.name not in self._partitioned:
-            storage = self.ensure_tables(contract).storage
             with self.engine.connect() as conn:
                 kind = conn.execute(
                     sa.text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:name)"),

@@ -27,6 +27,11 @@ LOAD_METHODS = ("auto", "adbc", "copy-csv")
 # Below this size a new ADBC connection costs more than binary COPY saves (measured: ~30 ms
 # per run for a 10-row file).
 SMALL_SOURCE_BYTES = 1 << 20
+# Below this size the staging partition is created logged: an UNLOGGED table spares the WAL of
+# its rows, but CREATE writes and fsyncs an init fork for it, its TOAST table and that table's
+# index at once (measured: 5-6 ms against 3 ms for a logged one), more than the WAL of a few
+# kilobytes of rows costs.
+LOGGED_SMALL_SOURCE_BYTES = 64 << 10
 # Batches read and validated ahead of ADBC's sender, on a thread of their own (see
 # core/prefetch.py): each holds up to DW_READ_BATCH_ROWS rows. One is enough to keep both busy
 # (measured: 2 was no faster), and each more costs a batch of memory.
@@ -58,7 +63,9 @@ class StagingLoads:
                 self.faults.hit("staging.copy", conn)
                 return self._executemany_into(conn, staging, numbered)
         partition = staging_partition(contract.name, job_id)
-        logged = self.stage_logged(contract, size_hint)
+        logged = self.stage_logged(contract, size_hint) or (
+            size_hint is not None and size_hint < LOGGED_SMALL_SOURCE_BYTES
+        )
         self._create_partition(tables.staging, partition, job_id, logged)
         small = size_hint is not None and size_hint < SMALL_SOURCE_BYTES
         use_adbc = self.load_method == "adbc" or (self.load_method == "auto" and not small)
@@ -91,7 +98,8 @@ class StagingLoads:
         self, parent: sa.Table, partition: str, job_id: str, logged: bool = False
     ) -> None:
         """The job's staging partition: UNLOGGED scratch (no WAL; a crash empties it, and a
-        retry stages again), or logged when promotion may attach it to storage."""
+        retry stages again), or logged when promotion may attach it to storage or the file is
+        small (LOGGED_SMALL_SOURCE_BYTES)."""
         with self.engine.begin() as conn:
             name = f"{STAGING_SCHEMA}.{_quote(conn, partition)}"
             value = _literal(conn, job_id)
