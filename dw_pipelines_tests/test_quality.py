@@ -142,6 +142,31 @@ def test_load_check_verdicts_are_per_partition_and_target_the_runs_materializati
         assert info.is_current and info.latest_planned_run_id == runs[day], (key, day)
 
 
+def test_storage_checks_take_the_load_time_from_the_promotion_or_look_it_up(env):
+    """The storage step passes the promotion's `_dw_loaded_at` (one query fewer); without it
+    the checks find it in `_dw_loads`. Either way they judge the same rows: that load's."""
+    service, defs, instance = env
+    contract = service.contracts.get("orders")
+    job = enqueue(service, "orders", ORDERS_CSV)
+    assert run(defs.resolve_job_def("dw_ingestion_job"), instance, job).success
+    with service.warehouse.engine.connect() as conn:
+        loaded_at = conn.execute(
+            sa.text("SELECT loaded_at FROM dw_storage._dw_loads WHERE job_id = :j"),
+            {"j": job.job_id},
+        ).scalar_one()
+    checks = DataQuality(service.warehouse)
+
+    def outcomes(given):
+        found = checks.check_storage(contract, [JobRows(job.job_id, job.tenant_id, 6, given)])
+        return {o.name: (o.passed, o.description) for o in found}
+
+    assert outcomes(loaded_at) == outcomes(None)
+    assert all(passed for passed, _ in outcomes(loaded_at).values())
+    # Another load time selects other rows (none here): the value given is the one used.
+    stale = outcomes(loaded_at - dt.timedelta(days=1))
+    assert stale[quality.ROWS_MATCH_SOURCE] == (False, f"job {job.job_id}: 0 rows held, 6 read")
+
+
 def test_storage_checks_catch_duplicate_keys_and_nulls(env):
     service, defs, instance = env
     contract = service.contracts.get("orders")

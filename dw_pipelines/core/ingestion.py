@@ -9,6 +9,7 @@ the storage step after a crash promotes the same rows again.
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -98,6 +99,7 @@ class PromoteResult:
     schema_version: int | None = None  # the dataset's schema version storage had (core.evolution)
     # merge: staged rows left unapplied because a job enqueued later had already written the key
     kept_newer: int = 0
+    loaded_at: datetime | None = None  # the load's `_dw_loaded_at` (and its `_dw_loads` row)
 
     def details(self) -> dict[str, Any]:
         return {
@@ -263,11 +265,12 @@ class IngestionService:
                 "for this job first"
             )
         self.queue.start(job_id, run_id, current=job)
+        loaded_at = self.queue.clock()
         counts = self.warehouse.promote(
             contract,
             job_id,
             job.tenant_id,
-            loaded_at=self.queue.clock(),
+            loaded_at=loaded_at,
             enqueued_at=job.created_at,
         )
         result = PromoteResult(
@@ -282,6 +285,7 @@ class IngestionService:
             strategy=counts.strategy,
             schema_version=self.warehouse.schema_version(contract),
             kept_newer=counts.kept_newer,
+            loaded_at=loaded_at,
         )
         # PROMOTED and COMPLETED in one outbox transaction: the storage write has committed.
         self.queue.complete(

@@ -45,6 +45,9 @@ class JobRows:
     job_id: str
     tenant_id: str
     rows_read: int
+    # When its rows were promoted (append storage: `_dw_loaded_at`), if the caller knows; else
+    # the checks look it up in `_dw_loads`.
+    loaded_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -118,8 +121,8 @@ class DataQuality:
         duplicates: dict[str, dict[str, Any]] = {}
         with self.warehouse.engine.connect() as conn:
             for job in jobs:
-                loaded_at = None
-                if in_storage and staged is None:
+                loaded_at = job.loaded_at if in_storage and staged is None else None
+                if in_storage and staged is None and loaded_at is None:
                     loads = self.warehouse.loads
                     loaded_at = conn.execute(
                         sa.select(loads.c.loaded_at).where(

@@ -589,7 +589,7 @@ def dataset_assets(
     ) -> list[quality.CheckOutcome]:
         """Storage checks, then the staged rows are dropped. The jobs are COMPLETED by now: a
         failed check flags the data in the UI; it does not undo the load."""
-        jobs = [quality.JobRows(r.job_id, r.tenant_id, r.rows) for r in results]
+        jobs = [quality.JobRows(r.job_id, r.tenant_id, r.rows, r.loaded_at) for r in results]
         try:
             return dw.quality.check_storage(contract, jobs)
         except Exception as exc:  # a check that cannot run is a failed check, not a failed load
