@@ -25,7 +25,8 @@ Two more sections run only when named in `--sections` (`--sections all` runs all
                 instance: two assets with the real partitions definition and the same six load
                 checks with the same `blocking` flags (the specs are copied from the real assets
                 of build_definitions(settings), selected by `load_check_keys`), bodies that do
-                nothing; SQLite and Postgres instance storage; target ratio <= 1.3. Also the
+                nothing; both with the tags the outbox sensor gives a run (`run_tags`); SQLite
+                and Postgres instance storage; target ratio <= 1.3. Also the
                 share of the run's wall time spent in this project's own code (sampled inside
                 the run, see `OwnCodeSampler`); target <= 10 %.
     throughput  --throughput-jobs (200; --quick 10) ten-row jobs through the REAL daemon
@@ -601,6 +602,7 @@ def section_same_shape(ctx: Context) -> list[Row]:
 
     from dw_pipelines.definitions import build_definitions
     from dw_pipelines.defs.assets import staging_key, storage_key
+    from dw_pipelines.defs.sensors import run_tags
     from dw_pipelines.services import build_service, dispose
     from dw_pipelines.settings import INGESTION_JOB_NAME, TAG_JOB_ID, Settings
 
@@ -617,6 +619,9 @@ def section_same_shape(ctx: Context) -> list[Row]:
         ingestion = ingestion_defs.resolve_job_def(INGESTION_JOB_NAME)
         noop = same_shape_job(settings, ingestion_defs)
         noop_selection = list(noop.asset_layer.executable_asset_keys)
+        # Both jobs run with the tags the outbox sensor gives a job's run (job, dataset, tenant,
+        # pod and run policy); the no-op's name a job id that is not in the outbox.
+        shape_tags = run_tags(service.queue.enqueue(commands(ctx, 1)[0]).job, settings)
         postgres = "Postgres" + (f" ({args.dagster_pg_options})" if args.dagster_pg_options else "")
         instances = {
             "SQLite": None,
@@ -637,7 +642,7 @@ def section_same_shape(ctx: Context) -> list[Row]:
                         ingestion.execute_in_process(
                             instance=instance,
                             partition_key=bl.BUSINESS_DATE,
-                            tags={TAG_JOB_ID: job.job_id},
+                            tags=run_tags(job, settings),
                             asset_selection=selection,
                         )
 
@@ -656,7 +661,7 @@ def section_same_shape(ctx: Context) -> list[Row]:
                         result = noop.execute_in_process(
                             instance=instance,
                             partition_key=bl.BUSINESS_DATE,
-                            tags={TAG_JOB_ID: f"bench-noop-{uuid.uuid4().hex}"},
+                            tags={**shape_tags, TAG_JOB_ID: f"bench-noop-{uuid.uuid4().hex}"},
                             asset_selection=noop_selection,
                         )
                         checks = result.get_asset_check_evaluations()
