@@ -30,8 +30,9 @@ the service's appends that the measured jobs own exactly those rows (`_dw_job_id
 `--table-rows N[,N...]` measures instead what a delta costs against the size of the table it
 lands in ("cost grows with the delta, not the table"). For each N, smallest first, one delta
 file of `--rows` rows is generated: `--delta-new-percent` (10) of them new keys (event_id > N),
-the rest existing keys evenly strided over 1..N with user_id + 1, so every row changes
-something. Then:
+the rest existing keys with user_id + 1, so every row changes something: by default evenly
+strided over 1..N (each on its own pages: the worst case), with `--delta-keys recent` the N's
+last keys (a delta of recent rows, as of orders still changing). Then:
 
     ingest-merge  the merge table `dw_storage.events_merge` is first filled (not timed) with the
                   events 1..N through the service (enqueue + start/stage/promote, merge jobs of
@@ -784,7 +785,7 @@ class TableCase:
 
     table_rows: int
     new_rows: int  # delta rows with new keys N+1..N+new
-    changed_rows: int  # delta rows with existing keys, evenly strided over 1..N
+    changed_rows: int  # delta rows with existing keys (delta_keys: strided over 1..N or the last)
     delta: Data
     folders: list[Path]
     fill_files: list[Path]
@@ -802,10 +803,13 @@ def delta_split(rows: int, new_percent: int) -> tuple[int, int]:
     return new, rows - new
 
 
-def strided_keys(table_rows: int, count: int):
-    """`count` distinct keys evenly strided over 1..table_rows (1 first; count <= table_rows)."""
+def delta_keys(table_rows: int, count: int, spread: str = "strided"):
+    """`count` distinct existing keys of 1..table_rows, ascending (count <= table_rows):
+    "strided" evenly over the whole range (1 first), "recent" the last `count` keys."""
     import numpy as np
 
+    if spread == "recent":
+        return np.arange(table_rows - count + 1, table_rows + 1, dtype=np.int64)
     return 1 + (np.arange(count, dtype=np.int64) * table_rows) // max(count, 1)
 
 
@@ -826,7 +830,7 @@ def prepare_table_case(
         else f"table {table_rows:,}: generating the table's rows (for the delta's values)"
     )
     fill_files = EventFiles(folder / "fill", FILL_FORMAT, table_rows, fill_parts, stem="fill")
-    keys = strided_keys(table_rows, changed)
+    keys = delta_keys(table_rows, changed, args.delta_keys)
     before, fill_checksum, done = [], 0, 0
     # The fill's rows in chunks; the rows of the delta's existing keys are kept, as the fill has
     # them (the delta then changes user_id).
@@ -1278,8 +1282,13 @@ def table_notes(
         "no enqueue); median of --repeat; x COPY / x ingest = wall s / the wall s of raw COPY / "
         "ingest append of the same delta file into an empty table; x smallest = wall s / the "
         "same method's at the smallest table",
-        f"delta, per table size N: {args.rows:,} rows, {case.changed_rows:,} existing keys evenly "
-        f"strided over 1..N with user_id + 1 (every row changes) and {case.new_rows:,} new keys "
+        f"delta, per table size N: {args.rows:,} rows, {case.changed_rows:,} existing keys "
+        + (
+            "evenly strided over 1..N"
+            if args.delta_keys == "strided"
+            else f"N-{case.changed_rows - 1:,}..N (the last, --delta-keys recent)"
+        )
+        + f" with user_id + 1 (every row changes) and {case.new_rows:,} new keys "
         f"N+1..N+{case.new_rows:,} ({args.delta_new_percent} %); every method of a size loads the "
         "same delta file(s)",
     ]
@@ -1464,6 +1473,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="PERCENT",
         help="with --table-rows: share of the delta with new keys (the rest changes existing)",
     )
+    parser.add_argument(
+        "--delta-keys",
+        choices=("strided", "recent"),
+        default="strided",
+        help="with --table-rows: the delta's existing keys evenly strided over the table (the "
+        "worst case) or its last ones (recent rows)",
+    )
     parser.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)}")
     parser.add_argument("--dagster", action="store_true", help="add the full Dagster run")
     parser.add_argument(
@@ -1610,6 +1626,7 @@ def _main_tables(
             "merge_changed_percent": None,
             "table_rows": args.table_rows,
             "delta_new_percent": args.delta_new_percent,
+            "delta_keys": args.delta_keys,
             "keep_db": args.keep_db,
             "source": None,
         },

@@ -165,3 +165,22 @@ def test_ingest_benchmark_merges_a_delta_into_tables_of_two_sizes(pg_server_url:
     assert all(r["verified_rows"] == n + 100 for n, r in merges.items())
     appends = [r for r in document["results"] if r["method"] == "ingest"]
     assert appends and all(r["table_rows"] == 0 for r in appends)  # added as the reference
+
+
+def test_ingest_benchmark_merges_a_delta_of_the_tables_last_keys(pg_server_url: str):
+    document = run_benchmark(
+        "ingest.py",
+        "--table-rows",
+        "5000",
+        "--rows",
+        "1000",
+        "--delta-keys",
+        "recent",
+        "--methods",
+        "ingest-merge",
+        server_url=pg_server_url,
+    )
+    assert document["config"]["delta_keys"] == "recent"
+    (merge,) = [r for r in document["results"] if r["method"] == "ingest-merge"]
+    # Verified by the script: 5,000 + 100 new keys, and the changed values of keys 4,101..5,000.
+    assert (merge["table_rows"], merge["verified_rows"]) == (5000, 5100)
